@@ -1,0 +1,68 @@
+"""Two-sample Kolmogorov-Smirnov tests on scalar image properties, with a correction for
+testing many properties at once (Benjamini-Hochberg false discovery rate)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class PropertyTest:
+    """One property's comparison of the current window against the reference."""
+
+    name: str
+    reference: float  # reference median
+    current: float  # current median
+    effect: float  # (current - reference) / robust reference spread
+    statistic: float  # KS D
+    p_value: float  # raw
+    q_value: float  # Benjamini-Hochberg adjusted
+    significant: bool
+
+
+def robust_spread(values: np.ndarray) -> float:
+    """1.4826 * MAD, floored so constant reference properties do not divide by zero."""
+    mad = float(np.median(np.abs(values - np.median(values))))
+    return max(1.4826 * mad, 1e-6 * (1.0 + abs(float(np.median(values)))), 1e-9)
+
+
+def ks_property_tests(
+    reference: Mapping[str, np.ndarray],
+    current: Mapping[str, np.ndarray],
+    alpha: float = 0.01,
+) -> list[PropertyTest]:
+    """KS-test every property present in both mappings; BH-correct at level ``alpha``.
+
+    Returns tests sorted by adjusted q-value (most significant first).
+    """
+    names = [n for n in reference if n in current and len(reference[n]) > 0 and len(current[n]) > 0]
+    if not names:
+        return []
+    raw = []
+    for name in names:
+        ref = np.asarray(reference[name], dtype=np.float64)
+        cur = np.asarray(current[name], dtype=np.float64)
+        result = stats.ks_2samp(ref, cur)
+        raw.append((name, ref, cur, float(result.statistic), float(result.pvalue)))
+    q_values = stats.false_discovery_control(np.array([r[4] for r in raw]), method="bh")
+    tests = []
+    for (name, ref, cur, d, p), q in zip(raw, q_values):
+        ref_med, cur_med = float(np.median(ref)), float(np.median(cur))
+        tests.append(
+            PropertyTest(
+                name=name,
+                reference=ref_med,
+                current=cur_med,
+                effect=(cur_med - ref_med) / robust_spread(ref),
+                statistic=d,
+                p_value=p,
+                q_value=float(q),
+                significant=bool(q <= alpha),
+            )
+        )
+    tests.sort(key=lambda t: (t.q_value, -t.statistic))
+    return tests

@@ -1,0 +1,100 @@
+"""Prometheus metric families (names as in DESIGN.md: dashboards and rules depend on them).
+
+The exporter runs in two processes. The caller's process owns the families it can fill on
+the caller's thread (:class:`CallerMetrics`); the monitoring worker owns the rest
+(:class:`WorkerMetrics`). Each set lives on its own ``CollectorRegistry`` so that two
+Exporters in one process never collide; ``/metrics`` merges both (see :func:`merge_families`).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+BUNDLE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+class CallerMetrics:
+    """Families filled in the caller's process (cheap updates on the predict path)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.frames = Counter("virk_frames", "Frames passed to the monitored function.", ["model", "source"], registry=registry)
+        self.sampled = Counter(
+            "virk_frames_sampled", "Frames selected for monitoring.", ["model", "source"], registry=registry
+        )
+        self.dropped = Counter(
+            "virk_frames_dropped", "Sampled frames monitoring did not process, by reason.", ["model", "reason"], registry=registry
+        )
+        self.predict_duration = Histogram(
+            "virk_predict_duration_seconds",
+            "Duration of the monitored function itself.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.errors = Counter(
+            "virk_errors", "Monitoring errors by stage (never raised to the caller).", ["model", "stage"], registry=registry
+        )
+        self.queue_depth = Gauge("virk_queue_depth", "Batches waiting for the monitoring worker.", ["model"], registry=registry)
+
+
+class WorkerMetrics:
+    """Families filled by the monitoring worker process."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.stage_seconds = Histogram(
+            "virk_monitor_stage_seconds",
+            "Time spent in each monitoring stage (worker process).",
+            ["model", "stage"],
+            buckets=STAGE_BUCKETS,
+            registry=registry,
+        )
+        self.drift_score = Gauge(
+            "virk_drift_score", "Drift statistic of the latest test.", ["model", "source", "detector"], registry=registry
+        )
+        self.drift_p_value = Gauge("virk_drift_p_value", "p-value of the latest batch drift test.", ["model", "source"], registry=registry)
+        self.drift_threshold = Gauge(
+            "virk_drift_threshold", "Decision threshold of the latest test.", ["model", "source", "detector"], registry=registry
+        )
+        self.drift_detected = Gauge(
+            "virk_drift_detected",
+            "1 while drift is detected (after hysteresis); the label fingerprint names the top cause.",
+            ["model", "source", "fingerprint"],
+            registry=registry,
+        )
+        self.fingerprint_score = Gauge(
+            "virk_fingerprint_score", "Evidence score of each root cause.", ["model", "source", "cause"], registry=registry
+        )
+        self.image_property = Gauge(
+            "virk_image_property", "Median of an image property over the latest window.", ["model", "source", "property"], registry=registry
+        )
+        self.bundles = Counter(
+            "virk_incident_bundles", "Incident bundles by outcome.", ["model", "outcome"], registry=registry
+        )
+        self.bundle_seconds = Histogram(
+            "virk_bundle_build_seconds", "Time to build and store an incident bundle.", ["model"], buckets=BUNDLE_BUCKETS, registry=registry
+        )
+        self.errors = Counter(
+            "virk_errors", "Monitoring errors by stage (never raised to the caller).", ["model", "stage"], registry=registry
+        )
+        self.recorder_frames = Gauge("virk_recorder_frames", "Frames held by the flight recorder.", ["model"], registry=registry)
+        self.recorder_bytes = Gauge("virk_recorder_bytes", "Compressed bytes held by the flight recorder.", ["model"], registry=registry)
+
+
+def merge_families(*sources: Iterable[Metric]) -> list[Metric]:
+    """Merge metric families of the same name (e.g. ``virk_errors`` from both processes)."""
+    merged: dict[str, Metric] = {}
+    for families in sources:
+        for family in families:
+            have = merged.get(family.name)
+            if have is None:
+                copy = Metric(family.name, family.documentation, family.type, family.unit)
+                copy.samples = list(family.samples)
+                merged[family.name] = copy
+            else:
+                have.samples.extend(family.samples)
+    return list(merged.values())
