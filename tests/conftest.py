@@ -1,0 +1,12 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests import servers.py and helpers.py
+
+
+@pytest.fixture(autouse=True)
+def _store_in_tmp(tmp_path, monkeypatch):
+    """Bundles of tests that do not name a store land in the test's own directory."""
+    monkeypatch.setenv("VIRK_STORE", str(tmp_path / "store"))

@@ -1,0 +1,129 @@
+"""/metrics over HTTP: a real Prometheus scrapes it, promtool accepts it, routes mount into apps."""
+
+import asyncio
+import socket
+import subprocess
+import urllib.request
+import wsgiref.util
+
+import numpy as np
+import pytest
+
+from helpers import sample_value
+from servers import binary, http_get, prometheus_query, start_prometheus, wait_until
+from virk_exporter import Exporter
+from virk_exporter.server import PortInUseError
+
+FRAME = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    exporter = Exporter(model="scraped", store=str(tmp_path_factory.mktemp("store")))
+    server = exporter.serve(host="127.0.0.1", port=0)
+    assert exporter.wait_ready(120)
+
+    @exporter.monitor(source=lambda frames, cam: cam)
+    def predict(frames, cam):
+        return np.eye(len(frames), 4)
+
+    for i in range(12):
+        predict(np.stack([FRAME] * 2), cam=f"cam-{i % 2}")
+    exporter.flush()
+    yield exporter, server, predict
+    exporter.close()
+
+
+def test_prometheus_scrapes_the_exporter(served, tmp_path):
+    exporter, server, predict = served
+    prometheus = start_prometheus(tmp_path / "prom", [f"127.0.0.1:{server.port}"])
+    try:
+        result = wait_until(
+            lambda: prometheus_query(prometheus, 'sum by (source) (virk_frames_total{model="scraped"})'),
+            timeout=30,
+            what="Prometheus to scrape virk_frames_total",
+        )
+        by_source = {r["metric"]["source"]: float(r["value"][1]) for r in result}
+        assert by_source == {"cam-0": 12.0, "cam-1": 12.0}
+        up = prometheus_query(prometheus, "up")
+        assert up and up[0]["value"][1] == "1"
+        # a worker-side family arrives through the same scrape
+        recorder = wait_until(lambda: prometheus_query(prometheus, 'virk_recorder_frames{model="scraped"}'), timeout=15, what="recorder gauge")
+        assert float(recorder[0]["value"][1]) >= 24
+    finally:
+        prometheus.stop()
+
+
+def test_exposition_parses_and_passes_promtool(served):
+    exporter, server, _ = served
+    status, body = http_get(f"{server.url}/metrics")
+    assert status == 200
+    text = body.decode()
+    assert sample_value(text, "virk_frames_total", model="scraped") >= 24
+    for family in ("virk_predict_duration_seconds", "virk_monitor_stage_seconds", "virk_queue_depth", "virk_recorder_bytes"):
+        assert f"# TYPE {family}" in text, family
+    check = subprocess.run([binary("promtool"), "check", "metrics"], input=body, capture_output=True, timeout=30)
+    assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+
+
+def test_openmetrics_is_served_when_asked(served):
+    _, server, _ = served
+    status, body = http_get(f"{server.url}/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert status == 200
+    assert body.rstrip().endswith(b"# EOF")
+
+
+def test_health_ready_and_unknown_routes(served):
+    _, server, _ = served
+    assert http_get(f"{server.url}/-/healthy")[0] == 200
+    assert http_get(f"{server.url}/-/ready")[0] == 200
+    assert http_get(f"{server.url}/nope")[0] == 404
+    request = urllib.request.Request(f"{server.url}/metrics", data=b"x", method="POST")
+    try:
+        urllib.request.urlopen(request, timeout=5)
+        raise AssertionError("POST /metrics must be refused")
+    except urllib.error.HTTPError as error:
+        assert error.code == 405
+
+
+def test_a_port_in_use_is_a_clear_error(served):
+    exporter, _, _ = served
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(PortInUseError, match="already in use"):
+            exporter.serve(host="127.0.0.1", port=taken.getsockname()[1])
+
+
+def test_routes_mount_into_a_wsgi_app(served):
+    exporter, _, _ = served
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": ""}
+    wsgiref.util.setup_testing_defaults(environ)
+    environ["PATH_INFO"] = "/metrics"
+    seen = {}
+
+    def start_response(status, headers):
+        seen["status"] = status
+
+    body = b"".join(exporter.wsgi_app(environ, start_response))
+    assert seen["status"].startswith("200")
+    assert b"virk_frames_total" in body
+
+
+def test_routes_mount_into_an_asgi_app(served):
+    exporter, _, _ = served
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/-/ready", "query_string": b"", "headers": []}
+    asyncio.run(exporter.asgi_app(scope, receive, send))
+    assert sent[0]["status"] == 200
+    scope["path"] = "/metrics"
+    sent.clear()
+    asyncio.run(exporter.asgi_app(scope, receive, send))
+    assert b"virk_frames_total" in sent[1]["body"]

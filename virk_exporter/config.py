@@ -1,0 +1,73 @@
+"""Exporter settings: one dataclass, shared by the caller's process and the worker."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+ColorOrder = Literal["rgb", "bgr"]
+
+
+def default_store() -> str:
+    """The embedded default: a local directory of bundles (``$VIRK_STORE`` overrides)."""
+    return os.environ.get("VIRK_STORE", str(Path.cwd() / "virk-incidents"))
+
+
+@dataclass
+class ExporterConfig:
+    model: str
+    store: str = field(default_factory=default_store)
+    reference_path: str | None = None  # a .virkref file; frames are passed separately
+    # Monitoring
+    color: ColorOrder = "rgb"
+    sample: float | int = 1.0  # a rate in (0, 1], or an int N >= 1: every N-th frame
+    max_sources: int = 32  # distinct `source` label values; the rest become "other"
+    reference_frames: int = 64  # frames per source learned as reference when none is given
+    window: int = 64  # frames per drift test window, per source
+    test_every: int = 32  # new frames between drift tests, per source
+    n_permutations: int = 200
+    p_val: float = 0.01
+    hysteresis: int = 2  # consecutive drifting windows before `virk_drift_detected` = 1
+    device: str | None = None  # torch device for embeddings (None: CUDA when available)
+    # Transport and recorder
+    queue_batches: int = 64
+    queue_bytes: int = 64 * 2**20
+    recorder_bytes: int = 256 * 2**20
+    record_format: Literal["jpeg", "png"] = "jpeg"
+    jpeg_quality: int = 90
+    # Incidents
+    instance: str = field(default_factory=socket.gethostname)
+    webhook_token: str | None = None
+    webhook_basic_auth: tuple[str, str] | None = None
+    webhook_max_bytes: int = 1 * 2**20
+    peers: dict[str, str] = field(default_factory=dict)  # instance -> base URL, forwarding allow-list
+    link_expiry_s: int = 3600
+    bundle_frames: int = 128  # frames put into a bundle (newest, around the alert)
+    # Worker
+    worker_start_timeout_s: float = 120.0
+    close_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.model or not isinstance(self.model, str):
+            raise ValueError("model must be a non-empty string (it becomes the `model` label)")
+        if self.color not in ("rgb", "bgr"):
+            raise ValueError(f"color must be 'rgb' or 'bgr', got {self.color!r}")
+        check_sample(self.sample)
+        for name in ("max_sources", "reference_frames", "window", "test_every", "queue_batches", "queue_bytes", "recorder_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if not 0.0 < self.p_val < 1.0:
+            raise ValueError("p_val must lie in (0, 1)")
+
+
+def check_sample(sample: float | int) -> None:
+    if isinstance(sample, bool):
+        raise ValueError("sample must be a rate in (0, 1] or an integer N >= 1 (every N-th frame)")
+    if isinstance(sample, int):
+        if sample < 1:
+            raise ValueError("sample as an integer means every N-th frame: N must be >= 1")
+    elif not 0.0 < float(sample) <= 1.0:
+        raise ValueError("sample as a float is a rate in (0, 1]")

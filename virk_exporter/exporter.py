@@ -1,0 +1,342 @@
+"""The Exporter: the decorator on the caller's side, and the handle on the monitoring worker.
+
+Everything the caller's thread does per call is here (:meth:`Exporter._observe`): time the
+call, count frames, pick the sampled ones, copy them into shared memory and announce them to
+the worker process. All analysis happens in the worker (see ``worker.py``), so its Python code
+never competes with the caller's threads for this process's GIL.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+import logging
+import random
+import threading
+import time
+from typing import Any, Callable, Iterable, TypeVar
+
+import numpy as np
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+
+from virk_exporter import frames as frame_io
+from virk_exporter.config import ExporterConfig, check_sample
+from virk_exporter.metrics import CallerMetrics, merge_families
+from virk_exporter.worker_handle import WorkerHandle
+
+log = logging.getLogger("virk_exporter")
+
+F = TypeVar("F", bound=Callable[..., Any])
+SourceFn = Callable[..., "str | Iterable[str] | None"]
+
+_MAX_OUTPUT_VALUES = 65536  # per batch; larger model outputs are summarized, not copied
+
+
+class Exporter:
+    """Watches a vision model's frames. See the README for the full set of options.
+
+    >>> exporter = Exporter(model="detector-v3", reference="reference.virkref")
+    >>> @exporter.monitor
+    ... def predict(frames): ...
+    """
+
+    def __init__(
+        self,
+        model: str,
+        reference: Any = None,
+        store: str | None = None,
+        *,
+        start: bool = True,
+        **options: Any,
+    ) -> None:
+        if store is not None:
+            options["store"] = store
+        reference_frames = None
+        if isinstance(reference, (str, bytes)) or hasattr(reference, "__fspath__"):
+            options["reference_path"] = str(reference)
+        elif reference is not None:
+            reference_frames = frame_io.normalize_any(reference, options.get("color", "rgb"))
+        self.config = ExporterConfig(model=model, **options)
+        self.model = self.config.model
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.metrics = CallerMetrics(self.registry)
+        self._worker = WorkerHandle(self.config, reference_frames)
+        self.metrics.queue_depth.labels(model).set_function(self._worker.depth)
+        self._id_lock = threading.Lock()
+        self._next_id = 0
+        self._every_n = itertools.count()
+        self._labels: set[str] = set()
+        self._counters: dict[str, tuple[Any, Any]] = {}
+        self._logged: set[str] = set()
+        self._servers: list[Any] = []
+        self.store = None  # opened lazily by the incident routes (caller's process)
+        self._closed = False
+        if start:
+            self._worker.start()
+
+    # ----------------------------------------------------------------- decorator
+    def monitor(
+        self,
+        fn: F | None = None,
+        *,
+        source: SourceFn | None = None,
+        sample: float | int | None = None,
+        color: str | None = None,
+        frames_arg: str | int | None = None,
+    ) -> Any:
+        """Decorate ``predict``. Bare (``@exporter.monitor``) or with options.
+
+        ``source(frames, **call_arguments)`` names the camera of a batch (a string) or of each
+        frame (a list). ``sample`` is a rate in (0, 1] or an integer N (every N-th frame).
+        ``frames_arg`` names (or indexes) the parameter holding the frames; by default the
+        first parameter that is not ``self``/``cls``.
+        """
+        if sample is not None:
+            check_sample(sample)
+        options = {"source": source, "sample": self.config.sample if sample is None else sample, "color": color or self.config.color}
+
+        def decorate(function: F) -> F:
+            locate = _frames_locator(function, frames_arg)
+            signature = inspect.signature(function) if source is not None else None
+            if inspect.iscoroutinefunction(function):
+
+                @functools.wraps(function)
+                async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    started = time.perf_counter()
+                    try:
+                        result = await function(*args, **kwargs)
+                    except BaseException as error:
+                        self._observe(args, kwargs, locate, signature, options, None, error, time.perf_counter() - started)
+                        raise
+                    self._observe(args, kwargs, locate, signature, options, result, None, time.perf_counter() - started)
+                    return result
+
+                return async_wrapper  # type: ignore[return-value]
+
+            @functools.wraps(function)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                started = time.perf_counter()
+                try:
+                    result = function(*args, **kwargs)
+                except BaseException as error:
+                    self._observe(args, kwargs, locate, signature, options, None, error, time.perf_counter() - started)
+                    raise
+                self._observe(args, kwargs, locate, signature, options, result, None, time.perf_counter() - started)
+                return result
+
+            return wrapper  # type: ignore[return-value]
+
+        return decorate(fn) if fn is not None else decorate
+
+    def _observe(self, args, kwargs, locate, signature, options, result, error, duration) -> None:
+        """Everything the caller's thread does for one call; never raises."""
+        try:
+            self.metrics.predict_duration.labels(self.model).observe(duration)
+            if self._closed:
+                return
+            stage = "input"
+            try:
+                frames = locate(args, kwargs)
+                captured = frame_io.capture(frames)
+                batch = frame_io.to_nhwc(captured.array, captured.channels_first)
+            except frame_io.FrameError as problem:
+                self._count_error(stage, problem)
+                return
+            stage = "source"
+            n = batch.shape[0]
+            sources = self._sources_of(options["source"], signature, frames, args, kwargs, n)
+            for name in set(sources):
+                self._source_counters(name)[0].inc(sources.count(name))
+            with self._id_lock:
+                first_id = self._next_id
+                self._next_id += n
+            stage = "sample"
+            chosen = self._sample(options["sample"], n)
+            if not chosen:
+                return
+            for index in chosen:
+                self._source_counters(sources[index])[1].inc()
+            stage = "enqueue"
+            picked = batch if len(chosen) == n else batch[chosen]
+            outputs = _output_rows(result, n)
+            if outputs is not None and len(chosen) != n:
+                outputs = outputs[chosen]
+            context = trace.get_current_span().get_span_context()
+            meta = {
+                "frame_ids": [first_id + i for i in chosen],
+                "sources": [sources[i] for i in chosen],
+                "timestamp": time.time(),
+                "color": options["color"],
+                "channels_first": captured.channels_first,
+                "trace_id": format(context.trace_id, "032x") if context.is_valid else None,
+                "span_id": format(context.span_id, "016x") if context.is_valid else None,
+                "output": _output_summary(result, error),
+            }
+            reason = self._worker.put(picked, outputs, meta)
+            if reason is not None:
+                self.metrics.dropped.labels(self.model, reason).inc(len(chosen))
+        except Exception as problem:  # noqa: BLE001 - monitoring must never reach the caller
+            self._count_error("caller", problem)
+
+    def _sources_of(self, source_fn, signature, frames, args, kwargs, n: int) -> list[str]:
+        if source_fn is None:
+            return [self.source_label("default")] * n
+        bound = signature.bind_partial(*args, **kwargs).arguments
+        others = {k: v for k, v in bound.items() if v is not frames and k not in ("self", "cls")}
+        named = source_fn(frames, **others)
+        if named is None or isinstance(named, str):
+            return [self.source_label(str(named or "default"))] * n
+        names = [self.source_label(str(s)) for s in named]
+        if len(names) != n:
+            raise ValueError(f"source() returned {len(names)} names for {n} frames")
+        return names
+
+    def _source_counters(self, label: str) -> tuple[Any, Any]:
+        counters = self._counters.get(label)
+        if counters is None:
+            counters = (self.metrics.frames.labels(self.model, label), self.metrics.sampled.labels(self.model, label))
+            self._counters[label] = counters
+        return counters
+
+    def source_label(self, name: str) -> str:
+        """The `source` label a source name is exported under (at most max_sources, then "other")."""
+        if name in self._labels:
+            return name
+        if len(self._labels) < self.config.max_sources:
+            self._labels.add(name)
+            return name
+        return "other"
+
+    def _sample(self, sample: float | int, n: int) -> list[int]:
+        if isinstance(sample, int):
+            return [i for i in range(n) if next(self._every_n) % sample == 0]
+        if sample >= 1.0:
+            return list(range(n))
+        return [i for i in range(n) if random.random() < sample]
+
+    def _count_error(self, stage: str, problem: BaseException) -> None:
+        self.metrics.errors.labels(self.model, stage).inc()
+        if stage not in self._logged:
+            self._logged.add(stage)
+            log.warning("virk-exporter: monitoring error at stage %r (logged once per stage): %s", stage, problem)
+
+    # ----------------------------------------------------------------- worker access
+    @property
+    def ready(self) -> bool:
+        return self._worker.ready
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._worker.wait_ready(self.config.worker_start_timeout_s if timeout is None else timeout)
+
+    def request(self, command: str, *args: Any, timeout: float = 30.0) -> Any:
+        """Ask the worker process (see worker.py for the commands)."""
+        return self._worker.request(command, *args, timeout=timeout)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until the worker has processed everything sent so far."""
+        self._worker.flush(timeout)
+
+    def submit_alert(self, notification: Any) -> None:
+        self._worker.post("alert", notification)
+
+    def collect(self) -> list[Metric]:
+        """All metric families of this exporter: the caller's and the worker's."""
+        worker_families: list[Metric] = []
+        try:
+            worker_families = self._worker.request("collect", timeout=5.0) if self._worker.alive else []
+        except Exception as problem:  # noqa: BLE001 - a scrape must still answer
+            self._count_error("worker", problem)
+        return merge_families(self.registry.collect(), worker_families)
+
+    # ----------------------------------------------------------------- HTTP
+    def serve(self, host: str = "127.0.0.1", port: int = 9400) -> Any:
+        """Serve /metrics, /-/healthy, /-/ready, /api/v1/alerts and /incidents/ in a thread."""
+        from virk_exporter.server import serve
+
+        server = serve(self, host, port)
+        self._servers.append(server)
+        return server
+
+    @property
+    def wsgi_app(self) -> Callable:
+        from virk_exporter.server import make_wsgi_app
+
+        return make_wsgi_app(self)
+
+    @property
+    def asgi_app(self) -> Callable:
+        from virk_exporter.server import make_asgi_app
+
+        return make_asgi_app(self)
+
+    # ----------------------------------------------------------------- lifecycle
+    def close(self, timeout: float | None = None) -> None:
+        """Drain the pipeline (up to ``timeout`` seconds), stop the worker and the server."""
+        if self._closed:
+            return
+        self._closed = True
+        for server in self._servers:
+            server.shutdown()
+        self._worker.close(self.config.close_timeout_s if timeout is None else timeout)
+
+    def __enter__(self) -> "Exporter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _frames_locator(function: Callable, frames_arg: str | int | None) -> Callable[[tuple, dict], Any]:
+    """Where the frames are in a call's arguments."""
+    params = [p for p in inspect.signature(function).parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if isinstance(frames_arg, int):
+        index, name = frames_arg, params[frames_arg].name if frames_arg < len(params) else None
+    else:
+        candidates = [p for p in params if p.name not in ("self", "cls")] if frames_arg is None else [p for p in params if p.name == frames_arg]
+        if not candidates:
+            raise TypeError(f"{function.__qualname__} has no parameter for the frames (frames_arg={frames_arg!r})")
+        index, name = params.index(candidates[0]), candidates[0].name
+
+    def locate(args: tuple, kwargs: dict) -> Any:
+        if index < len(args):
+            return args[index]
+        if name in kwargs:
+            return kwargs[name]
+        raise frame_io.FrameError(f"no frames argument {name!r} in the call")
+
+    return locate
+
+
+def _to_numpy(value: Any) -> np.ndarray | None:
+    if isinstance(value, np.ndarray):
+        return value
+    if frame_io._is_torch_tensor(value):
+        tensor = value.detach()
+        if tensor.is_floating_point():
+            tensor = tensor.float()
+        return tensor.cpu().numpy()
+    return None
+
+
+def _output_rows(result: Any, n: int) -> np.ndarray | None:
+    """Per-frame numeric outputs (class scores, logits) small enough to hand to the worker."""
+    array = _to_numpy(result)
+    if array is None or array.ndim not in (1, 2) or array.shape[0] != n or array.size > _MAX_OUTPUT_VALUES:
+        return None
+    if array.dtype.kind not in "fiu":
+        return None
+    return array.reshape(n, -1).astype(np.float32, copy=False)
+
+
+def _output_summary(result: Any, error: BaseException | None) -> dict[str, Any]:
+    if error is not None:
+        return {"error": type(error).__name__}
+    shape = getattr(result, "shape", None)
+    if shape is not None:
+        return {"type": type(result).__name__, "shape": [int(s) for s in shape]}
+    if isinstance(result, (list, tuple)):
+        return {"type": type(result).__name__, "len": len(result)}
+    return {"type": type(result).__name__}

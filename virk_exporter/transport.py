@@ -1,0 +1,182 @@
+"""Hand-off of frames from the caller's process to the monitoring worker process.
+
+Pixels travel through a shared-memory arena (an mmap of a memfd, passed to the worker as a
+file descriptor); only a small message with offsets goes over a socket. The caller copies a
+frame into the arena (a memcpy that releases nothing and holds the GIL for microseconds) and
+never waits: when the arena or the message queue is full the batch is dropped and counted.
+
+The arena is a byte ring written in order by the caller's process and released in order by
+the worker, which publishes how far it has consumed in the arena's header.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import socket
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+_HEADER = 64  # uint64 counters the worker writes: bytes consumed, batches consumed, ready flag
+_ALIGN = 64
+
+
+def _anonymous_fd(size: int) -> int:
+    """A file descriptor for ``size`` bytes of shared memory that vanishes with its last user."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("virk-arena", 0)
+    else:  # macOS: an unlinked temporary file serves the same purpose
+        handle = tempfile.TemporaryFile()
+        fd = os.dup(handle.fileno())
+        handle.close()
+    os.ftruncate(fd, size)
+    return fd
+
+
+class Arena:
+    """Shared bytes: a header with the worker's progress and a data ring."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self._map = mmap.mmap(fd, size)
+        self.counters = np.frombuffer(self._map, dtype=np.uint64, count=3)
+        self.data = np.frombuffer(self._map, dtype=np.uint8, offset=_HEADER)
+
+    @classmethod
+    def create(cls, data_bytes: int) -> "Arena":
+        arena = cls(_anonymous_fd(_HEADER + data_bytes), _HEADER + data_bytes)
+        arena.data[:] = 0  # touch every page now, not on the first predict calls
+        return arena
+
+    @property
+    def capacity(self) -> int:
+        return self.size - _HEADER
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.counters[2])
+
+    def mark_ready(self) -> None:
+        self.counters[2] = 1
+
+    def close(self) -> None:
+        del self.counters, self.data
+        self._map.close()
+        os.close(self.fd)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one array lies in the arena."""
+
+    offset: int  # position in the data ring
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass
+class BatchMessage:
+    """What the worker receives for one decorated call (pixels stay in the arena)."""
+
+    frames: Slot
+    outputs: Slot | None
+    end: int  # monotonic arena position after this batch: the worker releases up to here
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def socket_pair() -> tuple[Connection, socket.socket]:
+    """A connected pair: our end as a Connection, the worker's end as an inheritable socket."""
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 2**20)
+    theirs.set_inheritable(True)
+    return Connection(ours.detach()), theirs
+
+
+class FrameProducer:
+    """Caller side: writes batches into the arena and announces them; never blocks."""
+
+    def __init__(self, arena: Arena, connection: Connection, max_batches: int) -> None:
+        self.arena = arena
+        self.connection = connection
+        self.max_batches = max_batches
+        self._written = 0  # monotonic bytes, wrap-around padding included
+        self._sent = 0
+        self._lock = threading.Lock()
+
+    @property
+    def sent(self) -> int:
+        return self._sent
+
+    def depth(self) -> int:
+        """Batches announced and not yet consumed by the worker."""
+        return self._sent - int(self.arena.counters[1])
+
+    def try_put(self, frames: np.ndarray, outputs: np.ndarray | None, meta: dict[str, Any]) -> str | None:
+        """Copy a batch into the arena and announce it. Returns None, or the reason for a drop."""
+        need = _aligned(frames.nbytes) + (_aligned(outputs.nbytes) if outputs is not None else 0)
+        capacity = self.arena.capacity
+        if need > capacity // 4:
+            return "batch_too_large"
+        with self._lock:
+            if self._sent - int(self.arena.counters[1]) >= self.max_batches:
+                return "queue_full"
+            start = self._written
+            position = start % capacity
+            if position + need > capacity:  # no room before the end of the ring: skip to its start
+                start += capacity - position
+                position = 0
+            if start + need - int(self.arena.counters[0]) > capacity:
+                return "queue_full"
+            frame_slot = self._copy_in(frames, position)
+            output_slot = self._copy_in(outputs, position + _aligned(frames.nbytes)) if outputs is not None else None
+            self._written = start + need
+            message = BatchMessage(frame_slot, output_slot, self._written, meta)
+            try:
+                self.connection.send(message)
+            except OSError:
+                return "worker_down"
+            self._sent += 1
+        return None
+
+    def _copy_in(self, array: np.ndarray, position: int) -> Slot:
+        target = self.arena.data[position : position + array.nbytes].view(array.dtype).reshape(array.shape)
+        np.copyto(target, array, casting="no")
+        return Slot(position, tuple(array.shape), array.dtype.str)
+
+    def send_close(self) -> None:
+        with self._lock:
+            self.connection.send(None)
+
+
+class FrameConsumer:
+    """Worker side: receives batch messages, copies pixels out, releases arena space."""
+
+    def __init__(self, arena: Arena, connection: Connection) -> None:
+        self.arena = arena
+        self.connection = connection
+
+    def receive(self) -> tuple[BatchMessage, np.ndarray, np.ndarray | None] | None:
+        """The next batch (frames and outputs copied out of the arena), or None at close."""
+        message = self.connection.recv()
+        if message is None:
+            return None
+        frames = self._copy_out(message.frames)
+        outputs = self._copy_out(message.outputs) if message.outputs is not None else None
+        self.arena.counters[0] = message.end
+        self.arena.counters[1] += 1
+        return message, frames, outputs
+
+    def _copy_out(self, slot: Slot) -> np.ndarray:
+        dtype = np.dtype(slot.dtype)
+        count = int(np.prod(slot.shape)) * dtype.itemsize
+        return self.arena.data[slot.offset : slot.offset + count].view(dtype).reshape(slot.shape).copy()
+
+
+def _aligned(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN

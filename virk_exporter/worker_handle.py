@@ -1,0 +1,133 @@
+"""The caller's handle on the monitoring worker process: start it, feed it, ask it, stop it.
+
+The worker is started as ``python -m virk_exporter.worker`` (not multiprocessing's spawn),
+so the user's ``__main__`` module is never re-imported and an Exporter created at the top of
+an unguarded script works.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from virk_exporter.config import ExporterConfig
+from virk_exporter.transport import Arena, FrameProducer, socket_pair
+
+log = logging.getLogger("virk_exporter")
+
+
+class WorkerError(RuntimeError):
+    """The worker process did not answer or reported a failure."""
+
+
+class WorkerHandle:
+    def __init__(self, config: ExporterConfig, reference_frames: np.ndarray | None) -> None:
+        self.config = config
+        self._reference_frames = reference_frames
+        self._process: subprocess.Popen | None = None
+        self._arena: Arena | None = None
+        self._producer: FrameProducer | None = None
+        self._control = None
+        self._control_lock = threading.Lock()
+        self._request_ids = itertools.count(1)
+
+    def start(self) -> None:
+        self._arena = Arena.create(self.config.queue_bytes)
+        frames_ours, frames_theirs = socket_pair()
+        control_ours, control_theirs = socket_pair()
+        fds = (frames_theirs.fileno(), control_theirs.fileno(), self._arena.fd)
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "virk_exporter.worker", *map(str, fds), str(self._arena.size)],
+            pass_fds=fds,
+            stdin=subprocess.DEVNULL,
+        )
+        frames_theirs.close()
+        control_theirs.close()
+        self._producer = FrameProducer(self._arena, frames_ours, self.config.queue_batches)
+        self._control = control_ours
+        self._control.send((None, "init", (self.config, self._reference_frames)))
+        self._reference_frames = None
+
+    # ------------------------------------------------------------------ state
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def ready(self) -> bool:
+        return self.alive and self._arena is not None and self._arena.ready
+
+    def wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ready:
+                return True
+            if self._process is not None and not self.alive:
+                raise WorkerError(f"the monitoring worker exited with status {self._process.returncode} while starting")
+            time.sleep(0.02)
+        return False
+
+    def depth(self) -> int:
+        return self._producer.depth() if self._producer is not None else 0
+
+    # ------------------------------------------------------------------ frames
+    def put(self, frames: np.ndarray, outputs: np.ndarray | None, meta: dict[str, Any]) -> str | None:
+        """Hand a batch to the worker; returns None or a drop reason. Never blocks."""
+        if self._producer is None:
+            return "not_started"
+        if not self.alive:
+            return "worker_down"
+        return self._producer.try_put(frames, outputs, meta)
+
+    # ------------------------------------------------------------------ control
+    def post(self, command: str, *args: Any) -> None:
+        """A one-way command (no answer awaited)."""
+        with self._control_lock:
+            self._control.send((None, command, args))
+
+    def request(self, command: str, *args: Any, timeout: float = 30.0) -> Any:
+        if self._control is None or not self.alive:
+            raise WorkerError("the monitoring worker is not running")
+        with self._control_lock:
+            request_id = next(self._request_ids)
+            self._control.send((request_id, command, args))
+            deadline = time.monotonic() + timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._control.poll(remaining):
+                    raise WorkerError(f"the monitoring worker did not answer {command!r} within {timeout}s")
+                answer_id, ok, value = self._control.recv()
+                if answer_id == request_id:
+                    break  # answers to requests that timed out earlier are skipped
+        if not ok:
+            raise WorkerError(f"{command} failed in the worker: {value}")
+        return value
+
+    def flush(self, timeout: float) -> None:
+        sent = self._producer.sent if self._producer is not None else 0
+        self.request("flush", sent, timeout, timeout=timeout + 5.0)
+
+    def close(self, timeout: float) -> None:
+        if self._process is None:
+            return
+        try:
+            if self.alive:
+                self._producer.send_close()
+                self._process.wait(timeout=timeout)
+        except (subprocess.TimeoutExpired, OSError):
+            log.warning("virk-exporter: the monitoring worker did not drain within %.1fs; stopping it", timeout)
+            self._process.kill()
+            self._process.wait()
+        finally:
+            self._producer.connection.close()
+            self._control.close()
+            self._arena.close()
+            self._producer = None
+            self._control = None
