@@ -15,25 +15,24 @@ import logging
 import random
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
 
-import numpy as np
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
 from virk_exporter import frames as frame_io
 from virk_exporter.config import ExporterConfig, check_sample
+from virk_exporter.handoff import Handoff
 from virk_exporter.metrics import CallerMetrics, merge_families
+from virk_exporter.outputs import output_rows, output_summary
 from virk_exporter.worker_handle import WorkerHandle
 
 log = logging.getLogger("virk_exporter")
 
 F = TypeVar("F", bound=Callable[..., Any])
 SourceFn = Callable[..., "str | Iterable[str] | None"]
-
-_MAX_OUTPUT_VALUES = 65536  # per batch; larger model outputs are summarized, not copied
-
 
 class Exporter:
     """Watches a vision model's frames. See the README for the full set of options.
@@ -50,6 +49,7 @@ class Exporter:
         store: str | None = None,
         *,
         start: bool = True,
+        copy_on_call: bool = False,
         **options: Any,
     ) -> None:
         if store is not None:
@@ -64,7 +64,10 @@ class Exporter:
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics = CallerMetrics(self.registry)
         self._worker = WorkerHandle(self.config, reference_frames)
-        self.metrics.queue_depth.labels(model).set_function(self._worker.depth)
+        self._copy_on_call = copy_on_call
+        self._duration = self.metrics.predict_duration.labels(model)
+        self._handoff = Handoff(self._account, self._count_error, self.config.queue_batches)
+        self.metrics.queue_depth.labels(model).set_function(lambda: self._handoff.pending + self._worker.depth())
         self._id_lock = threading.Lock()
         self._next_id = 0
         self._every_n = itertools.count()
@@ -99,8 +102,7 @@ class Exporter:
         options = {"source": source, "sample": self.config.sample if sample is None else sample, "color": color or self.config.color}
 
         def decorate(function: F) -> F:
-            locate = _frames_locator(function, frames_arg)
-            signature = inspect.signature(function) if source is not None else None
+            target = _Target(_frames_locator(function, frames_arg), inspect.signature(function) if source is not None else None, options)
             if inspect.iscoroutinefunction(function):
 
                 @functools.wraps(function)
@@ -109,9 +111,9 @@ class Exporter:
                     try:
                         result = await function(*args, **kwargs)
                     except BaseException as error:
-                        self._observe(args, kwargs, locate, signature, options, None, error, time.perf_counter() - started)
+                        self._observe(target, args, kwargs, None, error, time.perf_counter() - started)
                         raise
-                    self._observe(args, kwargs, locate, signature, options, result, None, time.perf_counter() - started)
+                    self._observe(target, args, kwargs, result, None, time.perf_counter() - started)
                     return result
 
                 return async_wrapper  # type: ignore[return-value]
@@ -122,64 +124,87 @@ class Exporter:
                 try:
                     result = function(*args, **kwargs)
                 except BaseException as error:
-                    self._observe(args, kwargs, locate, signature, options, None, error, time.perf_counter() - started)
+                    self._observe(target, args, kwargs, None, error, time.perf_counter() - started)
                     raise
-                self._observe(args, kwargs, locate, signature, options, result, None, time.perf_counter() - started)
+                self._observe(target, args, kwargs, result, None, time.perf_counter() - started)
                 return result
 
             return wrapper  # type: ignore[return-value]
 
         return decorate(fn) if fn is not None else decorate
 
-    def _observe(self, args, kwargs, locate, signature, options, result, error, duration) -> None:
-        """Everything the caller's thread does for one call; never raises."""
+    def _observe(self, target: "_Target", args: tuple, kwargs: dict, result: Any, error: BaseException | None, duration: float) -> None:
+        """What the caller's thread does per call: note the call and queue it. Never raises.
+
+        Counting, sampling and copying happen on the hand-off thread (:meth:`_account`).
+        """
         try:
-            self.metrics.predict_duration.labels(self.model).observe(duration)
+            call = _Call(target, None, args, kwargs, result, error, duration, trace.get_current_span().get_span_context(), time.time())
             if self._closed:
+                self._account(call, shed=None)
                 return
-            stage = "input"
             try:
-                frames = locate(args, kwargs)
-                captured = frame_io.capture(frames)
-                batch = frame_io.to_nhwc(captured.array, captured.channels_first)
+                call.frames = target.locate(args, kwargs)
+                shape, channels_first = frame_io.peek(call.frames)
+                call.n = frame_io.frame_count(shape, channels_first)
+                if self._copy_on_call:
+                    captured = frame_io.capture(call.frames)
+                    call.frames = frame_io.Captured(captured.array.copy(), captured.channels_first)
             except frame_io.FrameError as problem:
-                self._count_error(stage, problem)
+                self._count_error("input", problem)
+                self._account(call, shed=None)
                 return
-            stage = "source"
-            n = batch.shape[0]
-            sources = self._sources_of(options["source"], signature, frames, args, kwargs, n)
-            for name in set(sources):
-                self._source_counters(name)[0].inc(sources.count(name))
             with self._id_lock:
-                first_id = self._next_id
-                self._next_id += n
-            stage = "sample"
-            chosen = self._sample(options["sample"], n)
-            if not chosen:
-                return
-            for index in chosen:
-                self._source_counters(sources[index])[1].inc()
-            stage = "enqueue"
-            picked = batch if len(chosen) == n else batch[chosen]
-            outputs = _output_rows(result, n)
-            if outputs is not None and len(chosen) != n:
-                outputs = outputs[chosen]
-            context = trace.get_current_span().get_span_context()
-            meta = {
-                "frame_ids": [first_id + i for i in chosen],
-                "sources": [sources[i] for i in chosen],
-                "timestamp": time.time(),
-                "color": options["color"],
-                "channels_first": captured.channels_first,
-                "trace_id": format(context.trace_id, "032x") if context.is_valid else None,
-                "span_id": format(context.span_id, "016x") if context.is_valid else None,
-                "output": _output_summary(result, error),
-            }
-            reason = self._worker.put(picked, outputs, meta)
-            if reason is not None:
-                self.metrics.dropped.labels(self.model, reason).inc(len(chosen))
+                call.first_id = self._next_id
+                self._next_id += call.n
+            if not self._handoff.submit(call):
+                self._account(call, shed="queue_full")
         except Exception as problem:  # noqa: BLE001 - monitoring must never reach the caller
             self._count_error("caller", problem)
+
+    def _account(self, call: "_Call", shed: str | None = "") -> None:
+        """Count a call's frames, sample them and hand the sampled ones to the worker.
+
+        ``shed`` is a drop reason (frames counted, sampled ones dropped), None (only the
+        duration is counted: unreadable input, or the exporter is closed) or "" (normal).
+        """
+        self._duration.observe(call.duration)
+        if shed is None:
+            return
+        target = call.target
+        sources = self._sources_of(target.options["source"], target.signature, call.frames, call.args, call.kwargs, call.n)
+        for name in set(sources):
+            self._source_counters(name)[0].inc(sources.count(name))
+        chosen = self._sample(target.options["sample"], call.n)
+        if not chosen:
+            return
+        for index in chosen:
+            self._source_counters(sources[index])[1].inc()
+        if shed:
+            self._count_drop(shed, len(chosen))
+            return
+        captured = frame_io.capture(call.frames)
+        batch = frame_io.to_nhwc(captured.array, captured.channels_first)
+        if batch.shape[0] != call.n:
+            raise frame_io.FrameError(f"a list of frames of different shapes: expected {call.n} frames")
+        outputs = output_rows(call.result, call.n)
+        if len(chosen) != call.n:
+            batch = batch[chosen]
+            outputs = outputs[chosen] if outputs is not None else None
+        context = call.context
+        meta = {
+            "frame_ids": [call.first_id + i for i in chosen],
+            "sources": [sources[i] for i in chosen],
+            "timestamp": call.timestamp,
+            "color": target.options["color"],
+            "channels_first": captured.channels_first,
+            "trace_id": format(context.trace_id, "032x") if context.is_valid else None,
+            "span_id": format(context.span_id, "016x") if context.is_valid else None,
+            "output": output_summary(call.result, call.error),
+        }
+        reason = self._worker.put(batch, outputs, meta)
+        if reason is not None:
+            self._count_drop(reason, len(chosen))
 
     def _sources_of(self, source_fn, signature, frames, args, kwargs, n: int) -> list[str]:
         if source_fn is None:
@@ -217,6 +242,9 @@ class Exporter:
             return list(range(n))
         return [i for i in range(n) if random.random() < sample]
 
+    def _count_drop(self, reason: str, frames: int) -> None:
+        self.metrics.dropped.labels(self.model, reason).inc(frames)
+
     def _count_error(self, stage: str, problem: BaseException) -> None:
         self.metrics.errors.labels(self.model, stage).inc()
         if stage not in self._logged:
@@ -237,6 +265,7 @@ class Exporter:
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until the worker has processed everything sent so far."""
+        self._handoff.drain(timeout)
         self._worker.flush(timeout)
 
     def submit_alert(self, notification: Any) -> None:
@@ -280,6 +309,7 @@ class Exporter:
         self._closed = True
         for server in self._servers:
             server.shutdown()
+        self._handoff.close(self.config.close_timeout_s if timeout is None else timeout)
         self._worker.close(self.config.close_timeout_s if timeout is None else timeout)
 
     def __enter__(self) -> "Exporter":
@@ -287,6 +317,32 @@ class Exporter:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One decorated function: where its frames are and its monitoring options."""
+
+    locate: Callable[[tuple, dict], Any]
+    signature: inspect.Signature | None
+    options: dict[str, Any]
+
+
+@dataclass
+class _Call:
+    """One decorated call, as queued for the hand-off thread."""
+
+    target: _Target
+    frames: Any
+    args: tuple
+    kwargs: dict
+    result: Any
+    error: BaseException | None
+    duration: float
+    context: Any  # the OpenTelemetry span context current during the call
+    timestamp: float
+    n: int = 0
+    first_id: int = 0
 
 
 def _frames_locator(function: Callable, frames_arg: str | int | None) -> Callable[[tuple, dict], Any]:
@@ -308,35 +364,3 @@ def _frames_locator(function: Callable, frames_arg: str | int | None) -> Callabl
         raise frame_io.FrameError(f"no frames argument {name!r} in the call")
 
     return locate
-
-
-def _to_numpy(value: Any) -> np.ndarray | None:
-    if isinstance(value, np.ndarray):
-        return value
-    if frame_io._is_torch_tensor(value):
-        tensor = value.detach()
-        if tensor.is_floating_point():
-            tensor = tensor.float()
-        return tensor.cpu().numpy()
-    return None
-
-
-def _output_rows(result: Any, n: int) -> np.ndarray | None:
-    """Per-frame numeric outputs (class scores, logits) small enough to hand to the worker."""
-    array = _to_numpy(result)
-    if array is None or array.ndim not in (1, 2) or array.shape[0] != n or array.size > _MAX_OUTPUT_VALUES:
-        return None
-    if array.dtype.kind not in "fiu":
-        return None
-    return array.reshape(n, -1).astype(np.float32, copy=False)
-
-
-def _output_summary(result: Any, error: BaseException | None) -> dict[str, Any]:
-    if error is not None:
-        return {"error": type(error).__name__}
-    shape = getattr(result, "shape", None)
-    if shape is not None:
-        return {"type": type(result).__name__, "shape": [int(s) for s in shape]}
-    if isinstance(result, (list, tuple)):
-        return {"type": type(result).__name__, "len": len(result)}
-    return {"type": type(result).__name__}

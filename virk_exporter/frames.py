@@ -34,12 +34,38 @@ class Captured:
     channels_first: bool  # a torch tensor: prefer CHW/NCHW when the shape is ambiguous
 
 
+def peek(frames: Any) -> tuple[tuple[int, ...], bool]:
+    """(shape, channels_first) of an input, from metadata alone: cheap enough for the caller's thread.
+
+    A list of frames reports (len, *first frame's shape). Raises :class:`FrameError` early
+    for what is clearly not frames; :func:`capture` checks the rest in the background.
+    """
+    if isinstance(frames, (list, tuple)):
+        if not frames:
+            raise FrameError("empty list of frames")
+        shape, channels_first = peek(frames[0])
+        if len(shape) not in (2, 3):
+            raise FrameError("a list must hold single frames (HxW, HxWxC or CxHxW)")
+        return (len(frames), *shape), channels_first
+    shape = getattr(frames, "shape", None)
+    if shape is None or not (isinstance(frames, np.ndarray) or _is_torch_tensor(frames)):
+        raise FrameError(f"frames must be a NumPy array, a torch tensor or a list of them, got {type(frames).__name__}")
+    shape = tuple(int(d) for d in shape)
+    if len(shape) not in (2, 3, 4):
+        raise FrameError(f"frames must have 2 to 4 dimensions, got shape {shape}")
+    if 0 in shape:
+        raise FrameError(f"empty frames, shape {shape}")
+    return shape, _is_torch_tensor(frames)
+
+
 def capture(frames: Any) -> Captured:
     """Turn a frame or batch into one NumPy array, checking only metadata.
 
     Accepts NumPy arrays, torch tensors (any device) and lists/tuples of either.
     Raises :class:`FrameError` for anything else.
     """
+    if isinstance(frames, Captured):
+        return frames
     channels_first = False
     if isinstance(frames, (list, tuple)):
         if not frames:
@@ -83,23 +109,47 @@ except ImportError:  # pragma: no cover
     _TORCH_NUMPY_FLOATS = ()
 
 
-def to_nhwc(array: np.ndarray, channels_first: bool = False) -> np.ndarray:
-    """Arrange a frame or batch as (N, H, W, C), choosing the layout from the shape."""
-    if array.ndim == 2:
-        return array[None, :, :, None]
-    if array.ndim == 3:
-        last, first = array.shape[-1] in _CHANNELS, array.shape[0] in _CHANNELS
+Layout = Literal["hw", "hwc", "chw", "nhw", "nhwc", "nchw"]
+
+
+def layout_of(shape: tuple[int, ...], channels_first: bool = False) -> Layout:
+    """How a frame or batch of this shape is laid out (the shape alone decides, so this is cheap)."""
+    if len(shape) == 2:
+        return "hw"
+    if len(shape) == 3:
+        last, first = shape[-1] in _CHANNELS, shape[0] in _CHANNELS
         if first and (channels_first or not last):
-            return np.moveaxis(array, 0, -1)[None]
+            return "chw"
+        return "hwc" if last else "nhw"
+    if len(shape) == 4:
+        last, second = shape[-1] in _CHANNELS, shape[1] in _CHANNELS
+        if second and (channels_first or not last):
+            return "nchw"
         if last:
-            return array[None]
-        return array[..., None]  # N grayscale frames
-    last, second = array.shape[-1] in _CHANNELS, array.shape[1] in _CHANNELS
-    if second and (channels_first or not last):
+            return "nhwc"
+        raise FrameError(f"cannot tell the channel axis of shape {tuple(shape)}: expected 1, 3 or 4 channels")
+    raise FrameError(f"frames must have 2 to 4 dimensions, got shape {tuple(shape)}")
+
+
+def frame_count(shape: tuple[int, ...], channels_first: bool = False) -> int:
+    """Number of frames in an input of this shape."""
+    return int(shape[0]) if layout_of(shape, channels_first) in ("nhw", "nhwc", "nchw") else 1
+
+
+def to_nhwc(array: np.ndarray, channels_first: bool = False) -> np.ndarray:
+    """Arrange a frame or batch as (N, H, W, C) (a view: no pixel is copied)."""
+    layout = layout_of(array.shape, channels_first)
+    if layout == "hw":
+        return array[None, :, :, None]
+    if layout == "chw":
+        return np.moveaxis(array, 0, -1)[None]
+    if layout == "hwc":
+        return array[None]
+    if layout == "nhw":
+        return array[..., None]
+    if layout == "nchw":
         return np.moveaxis(array, 1, -1)
-    if last:
-        return array
-    raise FrameError(f"cannot tell the channel axis of shape {array.shape}: expected 1, 3 or 4 channels")
+    return array
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:

@@ -1,0 +1,155 @@
+"""Every Grafana panel query runs against a real Prometheus scraping the running demo and returns
+at least one series, with the dashboards' template variables resolved the way Grafana does.
+
+The demo (`virk-exporter demo`) streams real photographs through a monitored model with a
+scripted incident (blur, then a camera bump), so drift, diagnosis and incident metrics appear.
+Prometheus loads the shipped rules (recording rules feed the panels; VisionModelDrift's `for:`
+is shortened so the ALERTS panels have a firing alert within the test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from servers import Server, free_port, http_get, start_prometheus, wait_until
+from stack_queries import RULES, dashboard_queries, load_dashboards, substitute, variable_query
+
+DEMO_SECONDS = 150  # the demo stops by itself even if this test is killed
+DEADLINE_S = 100  # from the demo's first /metrics until every query must have series
+CAUSES = {"blur", "noise", "brightness", "contrast", "color_shift", "weather", "glare", "compression",
+          "resolution", "camera_shift", "occlusion", "frozen", "none", "unknown"}
+
+
+def _query(server: Server, promql: str, instant: bool) -> list[dict]:
+    if instant:
+        params = {"query": promql}
+        path = "query"
+    else:
+        now = time.time()
+        params = {"query": promql, "start": f"{now - 120:.3f}", "end": f"{now:.3f}", "step": "1"}
+        path = "query_range"
+    status, body = http_get(f"{server.url}/api/v1/{path}?" + urllib.parse.urlencode(params), timeout=10)
+    payload = json.loads(body)
+    if status != 200 or payload.get("status") != "success":
+        raise AssertionError(f"Prometheus rejected {promql!r}: {status} {body[:500]!r}")
+    return payload["data"]["result"]
+
+
+def _regex_escape(value: str) -> str:
+    """A label value as Grafana puts it into a PromQL regex string (metacharacters escaped)."""
+    return re.sub(r"([\\.*+?^$()\[\]{}|])", r"\\\\\1", value)
+
+
+def _resolve_variables(server: Server, dashboard: dict) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Values of each query variable: single-value ones get the first value Grafana shows
+    (sorted), multi-value ones with "All" get the regex of all values. Unresolvable variables
+    are left out."""
+    values: dict[str, str] = {}
+    options: dict[str, list[str]] = {}
+    for variable in dashboard["templating"]["list"]:
+        if variable.get("type") != "query":
+            continue
+        query = variable_query(variable)
+        match = re.fullmatch(r"\s*label_values\((.*),\s*(\w+)\s*\)\s*", query, re.S)
+        assert match, f"variable {variable['name']}: only label_values(metric, label) queries are used here, got {query!r}"
+        try:
+            selector = substitute(match.group(1), values)
+        except KeyError:
+            continue  # depends on a variable that has no value yet
+        label = match.group(2)
+        found = sorted({series["metric"].get(label) for series in _query(server, f"group by ({label}) ({selector})", True)} - {None})
+        if not found:
+            continue
+        options[variable["name"]] = found
+        if variable.get("includeAll"):
+            values[variable["name"]] = "(" + "|".join(_regex_escape(v) for v in found) + ")"
+        else:
+            values[variable["name"]] = found[0]
+    return values, options
+
+
+def _empty_queries(server: Server) -> list[str]:
+    """The panel queries (with variables substituted) that return no series right now."""
+    empty = []
+    for file, dashboard in load_dashboards().items():
+        values, options = _resolve_variables(server, dashboard)
+        for query in dashboard_queries(dashboard):
+            repeat = query["repeat"]
+            runs = [{**values, repeat: v} for v in options.get(repeat, [])] if repeat else [values]
+            if not runs:
+                empty.append(f"{file} {query['where']}: repeat variable ${repeat} has no values")
+            for run_values in runs:
+                try:
+                    expr = substitute(query["expr"], run_values)
+                except KeyError as error:
+                    empty.append(f"{file} {query['where']}: {error.args[0]}")
+                    continue
+                if not _query(server, expr, query["instant"]):
+                    empty.append(f"{file} {query['where']}: {expr}")
+    return empty
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_every_panel_query_returns_series_from_the_running_demo(tmp_path: Path):
+    port = free_port()
+    log = tmp_path / "demo.log"
+    demo = subprocess.Popen(
+        [sys.executable, "-c", "from virk_exporter.cli import main; main()",
+         "demo", "--host", "127.0.0.1", "--port", str(port), "--duration", str(DEMO_SECONDS)],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True,
+    )
+    prometheus = None
+    try:
+        def serving() -> bool:
+            if demo.poll() is not None:
+                raise AssertionError(f"demo exited with {demo.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+            return http_get(f"http://127.0.0.1:{port}/metrics", timeout=2)[0] == 200
+
+        wait_until(serving, 90, interval=0.5, what="the demo to serve /metrics")
+        rules = tmp_path / "virk.rules.yml"
+        text = RULES.read_text()
+        assert "        for: 1m\n" in text
+        rules.write_text(text.replace("        for: 1m\n", "        for: 2s\n", 1))  # VisionModelDrift only
+        prometheus = start_prometheus(tmp_path / "prometheus", [f"127.0.0.1:{port}"], rule_files=[str(rules)], interval="1s")
+
+        deadline = time.monotonic() + DEADLINE_S
+        empty = _empty_queries(prometheus)
+        while empty and time.monotonic() < deadline:
+            assert demo.poll() is None, f"demo exited with {demo.returncode}:\n{log.read_text(errors='replace')[-3000:]}"
+            time.sleep(2)
+            empty = _empty_queries(prometheus)
+        assert not empty, (
+            "panel queries without series after the demo ran:\n  " + "\n  ".join(empty)
+            + f"\n--- demo log ---\n{log.read_text(errors='replace')[-2000:]}"
+        )
+        # The shipped drift alert fired on the demo's incident, labelled with a known cause.
+        alerts = _query(prometheus, 'ALERTS{alertname="VisionModelDrift", alertstate="firing"}', True)
+        alerts = alerts or _query(prometheus, 'max_over_time(ALERTS{alertname="VisionModelDrift", alertstate="firing"}[5m])', True)
+        assert alerts
+        assert {a["metric"]["fingerprint"] for a in alerts} <= CAUSES
+        assert all(a["metric"]["severity"] == "critical" for a in alerts)
+    finally:
+        if prometheus is not None:
+            prometheus.stop()
+        _stop(demo)
