@@ -25,6 +25,7 @@ class ExporterConfig:
     color: ColorOrder = "rgb"
     sample: float | int = 1.0  # a rate in (0, 1], or an int N >= 1: every N-th frame
     max_sources: int = 32  # distinct `source` label values; the rest become "other"
+    embedder: Literal["image", "outputs"] = "image"  # drift features: the seeded image encoder, or predict's scores
     reference_frames: int = 64  # frames per source learned as reference when none is given
     window: int = 64  # frames per drift test window, per source
     test_every: int = 32  # new frames between drift tests, per source
@@ -47,6 +48,7 @@ class ExporterConfig:
     link_expiry_s: int = 3600
     bundle_frames: int = 128  # frames put into a bundle (newest, around the alert)
     # Worker
+    log_level: int | None = None  # the worker's logging level (default: the caller's "virk_exporter" logger's)
     worker_start_timeout_s: float = 120.0
     close_timeout_s: float = 10.0
 

@@ -59,6 +59,7 @@ class Exporter:
             options["reference_path"] = str(reference)
         elif reference is not None:
             reference_frames = frame_io.normalize_any(reference, options.get("color", "rgb"))
+        options.setdefault("log_level", log.getEffectiveLevel())
         self.config = ExporterConfig(model=model, **options)
         self.model = self.config.model
         self.registry = CollectorRegistry(auto_describe=True)

@@ -35,7 +35,7 @@ class Monitor:
         self.fail_stage: str | None = None  # tests: make one stage raise (see command "fail_stage")
         from virk_exporter.analysis import Analysis
 
-        self.analysis = Analysis(config, metrics, reference_frames)
+        self.analysis = Analysis(config, metrics, self.recorder, self.lock, reference_frames)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -109,8 +109,8 @@ class Monitor:
         with self.lock:
             time.sleep(seconds)
 
-    def cmd_alert(self, notification: Any) -> None:
-        self.analysis.handle_alert(self, notification)
+    def cmd_alert(self, notification: Any) -> dict[str, str]:
+        return self.analysis.handle_alert(notification)
 
     def close(self) -> None:
         self.analysis.close()

@@ -37,6 +37,8 @@ class Worker:
     def initialize(self) -> None:
         _, command, (config, reference_frames) = self.control.recv()
         assert command == "init", command
+        if config.log_level is not None:
+            logging.getLogger("virk_exporter").setLevel(config.log_level)
         import torch
 
         from virk_exporter.monitor import Monitor  # heavy imports after the fork-free start

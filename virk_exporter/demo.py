@@ -1,0 +1,292 @@
+"""`virk-exporter demo`: two cameras, a small torch classifier, and a scripted incident.
+
+Real photographs (shipped in scikit-image / scikit-learn) become two static-camera feeds.
+Each frame goes through a monitored ``predict``. The exporter learns each camera's reference
+from its first frames; then camera ``cam-1`` goes out of focus and, later, camera ``cam-2``
+is bumped (its view shifts). The drift tests detect both, the fingerprinter names the causes,
+and each detection is paged through the exporter's own Alertmanager webhook (the same code
+path a real Alertmanager uses), which freezes an incident bundle into the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from virk_exporter import corruptions, photos
+from virk_exporter.exporter import Exporter
+
+MODEL = "demo-classifier"
+FRAME_SIZE = (480, 640)
+POOL = 40  # distinct frames rendered per camera
+
+
+@dataclass(frozen=True)
+class Camera:
+    name: str
+    photo: str
+    incident: str | None  # corruption name (virk_exporter.corruptions)
+    severity: int
+    starts_at: float  # fraction of the run
+
+
+CAMERAS = (
+    Camera("cam-1", "chelsea", "defocus_blur", 4, 0.4),
+    Camera("cam-2", "rocket", "translation", 4, 0.65),
+)
+
+
+class TinyClassifier(torch.nn.Module):
+    """A fixed-seed convolutional classifier standing in for the production model."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(7)
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 5, stride=2, padding=2),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(32, classes),
+        )
+        for parameter in self.net.parameters():
+            parameter.data = torch.randn(parameter.shape, generator=generator) * 0.2
+        self.eval()
+
+    @torch.no_grad()
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames: uint8 (N, 3, 64, 64)."""
+        return self.net(frames.float() / 255.0)
+
+
+@lru_cache(maxsize=1)
+def _model() -> TinyClassifier:
+    return TinyClassifier()
+
+
+def predict(frames: np.ndarray) -> torch.Tensor:
+    """The demo model's predict: uint8 RGB (N, H, W, 3) → class logits (N, 10).
+
+    Also what `virk-exporter bundle replay BUNDLE --predict virk_exporter.demo:predict` runs.
+    """
+    small = np.stack([cv2.resize(f, (64, 64), interpolation=cv2.INTER_AREA) for f in frames])
+    return _model()(torch.from_numpy(small).permute(0, 3, 1, 2))
+
+
+class Feed:
+    """A camera: a pool of jittered frames (and their corrupted twins) replayed in random order.
+
+    Rendering camera jitter and corruptions costs more than the monitoring being shown, so
+    the pools are rendered once up front; a fresh permutation per cycle keeps consecutive
+    frames distinct, as a live feed's are.
+    """
+
+    def __init__(self, camera: Camera, seed: int, pool: int = POOL) -> None:
+        self.camera = camera
+        self.clean = photos.camera_stream(photos.load(camera.photo), pool, size=FRAME_SIZE, seed=seed)
+        self.corrupted = corruptions.apply(camera.incident, self.clean, camera.severity, seed=seed) if camera.incident else self.clean
+        self._rng = np.random.default_rng(seed)
+        self._order: list[int] = []
+
+    def next(self, incident: bool) -> np.ndarray:
+        if not self._order:
+            self._order = list(self._rng.permutation(len(self.clean)))
+        index = self._order.pop()
+        frames = self.corrupted if incident else self.clean
+        return frames[index : index + 1]
+
+
+def alertmanager_payload(model: str, source: str, cause: str, summary: str, instance: str) -> dict[str, Any]:
+    """An Alertmanager webhook (version 4) body for a VisionModelDrift alert."""
+    labels = {"alertname": "VisionModelDrift", "model": model, "source": source, "fingerprint": cause, "severity": "page", "instance": instance}
+    fingerprint = hashlib.sha256(json.dumps(labels, sort_keys=True).encode()).hexdigest()[:16]
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    alert = {
+        "status": "firing",
+        "labels": labels,
+        "annotations": {"summary": summary},
+        "startsAt": now,
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "virk-exporter demo",
+        "fingerprint": fingerprint,
+    }
+    return {
+        "version": "4",
+        "groupKey": f'{{}}:{{alertname="VisionModelDrift", source="{source}"}}',
+        "truncatedAlerts": 0,
+        "status": "firing",
+        "receiver": "virk-exporter",
+        "groupLabels": {"alertname": "VisionModelDrift", "source": source},
+        "commonLabels": labels,
+        "commonAnnotations": alert["annotations"],
+        "externalURL": "virk-exporter demo",
+        "alerts": [alert],
+    }
+
+
+def _post(url: str, token: str, payload: dict[str, Any]) -> int:
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status
+
+
+def describe(source_status: dict[str, Any]) -> str:
+    """One line on a source's diagnosis, e.g. 'blur (defocus): sharpness -68% vs reference, q=1e-9'."""
+    evidence = source_status.get("evidence") or []
+    cause = source_status.get("fingerprint") or source_status.get("top_cause")
+    parts = []
+    for item in evidence[:2]:
+        parts.append(f"{item['property']} {item['reference']:.3g} → {item['current']:.3g} (q={item['q_value']:.1e})")
+    subkind = next((e["subkind"] for e in evidence if e.get("subkind")), "")
+    label = f"{cause} ({subkind})" if subkind else str(cause)
+    return f"{label}: " + "; ".join(parts) if parts else label
+
+
+def run(
+    duration: float = 36.0,
+    fps: float = 12.0,
+    host: str = "127.0.0.1",
+    port: int = 9400,
+    store: str | None = None,
+    seed: int = 0,
+    console: Console | None = None,
+    exporter_options: dict[str, Any] | None = None,
+    on_tick: Callable[[Exporter], None] | None = None,
+) -> dict[str, Any]:
+    """Run the demo; returns a summary (detections, bundles). ``duration`` 0 runs until Ctrl-C."""
+    console = console or Console()
+    token = secrets.token_urlsafe(16)
+    options = {"reference_frames": 64, "window": 64, "test_every": 16, "hysteresis": 2, "webhook_token": token}
+    options.update(exporter_options or {})
+    exporter = Exporter(model=MODEL, store=store, **options)
+    monitored = exporter.monitor(source=lambda frames, camera: camera)(lambda frames, camera: predict(frames))
+    summary: dict[str, Any] = {"detections": {}, "bundles": [], "store": exporter.config.store}
+    try:
+        server = exporter.serve(host=host, port=port)
+        console.print(f"[bold]virk-exporter demo[/]: model [cyan]{MODEL}[/], cameras {', '.join(c.name for c in CAMERAS)}; "
+                      f"metrics at [link]{server.url}/metrics[/]; bundles in {exporter.config.store}")
+        with console.status("rendering the camera feeds and starting the monitoring worker…"):
+            feeds = [Feed(camera, seed + 101 * i) for i, camera in enumerate(CAMERAS)]
+            exporter.wait_ready()
+        alerts_url = f"http://127.0.0.1:{server.port}/api/v1/alerts" if host in ("0.0.0.0", "::") else f"{server.url}/api/v1/alerts"
+        _stream(exporter, monitored, feeds, duration, fps, console, alerts_url, token, summary, on_tick)
+        summary["bundles"] = _wait_for_bundles(exporter, summary, console)
+    finally:
+        exporter.close()
+    _print_summary(console, summary)
+    return summary
+
+
+def _stream(exporter, monitored, feeds, duration, fps, console, alerts_url, token, summary, on_tick) -> None:
+    started = time.monotonic()
+    announced: dict[str, str] = {}
+    next_status = started + 1.0
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("streaming", total=duration or None)
+        tick = 0
+        try:
+            while True:
+                elapsed = time.monotonic() - started
+                if duration and elapsed >= duration:
+                    break
+                for feed in feeds:
+                    incident = bool(duration) and elapsed >= feed.camera.starts_at * duration
+                    if incident and f"{feed.camera.name}:onset" not in announced:
+                        announced[f"{feed.camera.name}:onset"] = "yes"
+                        console.print(f"[dim]{elapsed:5.1f}s[/] {feed.camera.name}: [yellow]scripted incident begins[/] "
+                                      f"({feed.camera.incident}, severity {feed.camera.severity})")
+                        summary.setdefault("onsets", {})[feed.camera.name] = time.time()
+                    monitored(feed.next(incident), camera=feed.camera.name)
+                if time.monotonic() >= next_status:
+                    next_status += 1.0
+                    _report(exporter, elapsed, console, announced, alerts_url, token, summary)
+                    if on_tick:
+                        on_tick(exporter)
+                bar.update(task, completed=elapsed)
+                tick += 1
+                time.sleep(max(0.0, started + tick / fps - time.monotonic()))
+        except KeyboardInterrupt:
+            console.print("stopped")
+
+
+def _report(exporter, elapsed, console, announced, alerts_url, token, summary) -> None:
+    """Print what changed since the last second; page each new detection."""
+    status = exporter.request("status", timeout=10)
+    for name, source in sorted(status.get("sources", {}).items()):
+        if source["phase"] == "watching" and announced.get(f"{name}:phase") != "watching":
+            console.print(f"[dim]{elapsed:5.1f}s[/] {name}: reference learned from {source['reference_frames']} frames; drift tests start")
+        announced[f"{name}:phase"] = source["phase"]
+        if source["p_value"] is None:
+            continue
+        state = "detected" if source["detected"] else ("suspect" if source["drift"] else "ok")
+        if announced.get(f"{name}:state") == state:
+            continue
+        announced[f"{name}:state"] = state
+        stamp = f"[dim]{elapsed:5.1f}s[/] {name}:"
+        if state == "ok":
+            console.print(f"{stamp} [green]no drift[/] (p={source['p_value']:.3f})")
+        elif state == "suspect":
+            console.print(f"{stamp} [yellow]drift in the latest window[/] (p={source['p_value']:.4f}); waiting for the next to confirm")
+        else:
+            line = describe(source)
+            console.print(f"{stamp} [bold red]DRIFT[/] p={source['p_value']:.4f} → {line}")
+            summary["detections"][name] = {"at": time.time(), "cause": source["fingerprint"], "line": line}
+            payload = alertmanager_payload(exporter.model, name, source["fingerprint"], f"{name} drifted: {line}", exporter.config.instance)
+            _post(alerts_url, token, payload)
+            summary.setdefault("alerts", []).append(payload["alerts"][0]["fingerprint"])
+            console.print(f"{stamp} paged (alert {payload['alerts'][0]['fingerprint']}); building the incident bundle")
+
+
+def _wait_for_bundles(exporter: Exporter, summary: dict[str, Any], console: Console, timeout: float = 60.0) -> list[str]:
+    from virk_exporter.incidents.bundle import alert_prefix
+    from virk_exporter.incidents.store import open_store
+
+    store = open_store(exporter.config.store)
+    wanted = summary.get("alerts", [])
+    deadline = time.monotonic() + timeout
+    found: dict[str, str] = {}
+    while len(found) < len(wanted) and time.monotonic() < deadline:
+        for fingerprint in wanted:
+            objects = store.list(alert_prefix(exporter.model, fingerprint) + "/")
+            if objects:
+                found[fingerprint] = f"{exporter.config.store.rstrip('/')}/{objects[-1].key}"
+        time.sleep(0.2)
+    if len(found) < len(wanted):
+        console.print(f"[red]{len(wanted) - len(found)} bundle(s) did not arrive within {timeout:.0f}s[/]")
+    return list(found.values())
+
+
+def _print_summary(console: Console, summary: dict[str, Any]) -> None:
+    table = Table(title="demo summary")
+    for column in ("camera", "scripted incident", "detected", "diagnosis"):
+        table.add_column(column)
+    for camera in CAMERAS:
+        detection = summary["detections"].get(camera.name)
+        onset = summary.get("onsets", {}).get(camera.name)
+        delay = f" after {detection['at'] - onset:.1f}s" if detection and onset else ""
+        table.add_row(camera.name, f"{camera.incident} (severity {camera.severity})",
+                      f"yes{delay}" if detection else "no", detection["line"] if detection else "—")
+    console.print(table)
+    for path in summary["bundles"]:
+        console.print(f"incident bundle: [bold]{path}[/]")
+        console.print(f"  replay:  virk-exporter bundle replay {path} --predict virk_exporter.demo:predict")
+        console.print(f"  verify:  virk-exporter bundle verify {path}")
