@@ -112,6 +112,7 @@ def test_unreadable_input_counts_an_error_and_predict_still_runs(exporter):
     before = counter(exporter, "virk_errors_total", stage="input")
     assert predict("not an image") == "ran"
     assert predict(np.zeros((0, 8, 8, 3), np.uint8)) == "ran"
+    exporter.flush()
     assert counter(exporter, "virk_errors_total", stage="input") - before == 2
 
 
@@ -159,6 +160,7 @@ def test_concurrent_callers_count_every_frame(exporter):
     for w in workers:
         w.join(timeout=60)
     assert not any(w.is_alive() for w in workers), "deadlock"
+    exporter.flush()  # counting happens on the hand-off thread, a moment after each call
     expected = threads * sum(1 + i % 2 for i in range(calls))
     assert counter(exporter, "virk_frames_total", source="concurrency") - before == expected
     exporter.flush()
@@ -171,6 +173,7 @@ def test_sampling_every_nth_and_rate(exporter):
 
     for _ in range(30):
         every_third(FRAME)
+    exporter.flush()
     assert counter(exporter, "virk_frames_sampled_total", source="every-3rd") == 10
     assert counter(exporter, "virk_frames_total", source="every-3rd") == 30
 
@@ -180,10 +183,10 @@ def test_sampling_every_nth_and_rate(exporter):
 
     for _ in range(400):
         quarter(FRAME)
+    exporter.flush()
     assert 50 <= counter(exporter, "virk_frames_sampled_total", source="rate") <= 150
     with pytest.raises(ValueError):
         exporter.monitor(sample=0)
-    exporter.flush()
 
 
 def test_source_cardinality_is_capped(tmp_path):
@@ -195,6 +198,7 @@ def test_source_cardinality_is_capped(tmp_path):
 
         for cam in range(10):
             predict(FRAME, cam=f"c{cam}")
+        exp.flush()
         text = exposition(exp)
         sources = {s for s in ("c0", "c1", "c2", "c3", "other") if sample_value(text, "virk_frames_total", source=s)}
         assert sources == {"c0", "c1", "c2", "other"}
@@ -215,6 +219,8 @@ def test_two_exporters_in_one_process_do_not_collide(tmp_path):
         pa(FRAME)
         pb(FRAME)
         pb(FRAME)
+        a.flush()
+        b.flush()
         assert sample_value(exposition(a), "virk_frames_total", model="a") == 1
         assert sample_value(exposition(b), "virk_frames_total", model="b") == 2
         assert sample_value(exposition(a), "virk_frames_total", model="b") == 0

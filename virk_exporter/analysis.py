@@ -168,6 +168,7 @@ class Analysis:
             features = self._features(frames, outputs)
         if features is None:
             return
+        was_detected = state.drift.detected
         with monitor.stage("drift"):
             update = state.drift.update(features)
         if update is None:
@@ -175,6 +176,18 @@ class Analysis:
         with monitor.stage("fingerprint"):
             diagnosis = state.baseline.fingerprinter.diagnose(properties=state.window_properties(), embedding_drift=update.drift)
         self._publish(state, update, diagnosis, recorded[-1].timestamp)
+        event = {
+            "virk.source": state.name,
+            "virk.drift.statistic": update.statistic,
+            "virk.drift.p_value": update.p_value,
+            "virk.drift.threshold": update.threshold,
+            "virk.drift.drift": update.drift,
+            "virk.drift.detected": update.detected,
+            "virk.fingerprint.top": diagnosis.top,
+        }
+        monitor.spans.event("virk.drift_test", event)
+        if update.detected and not was_detected:
+            monitor.spans.event("virk.drift_detected", event)
 
     def _learn(self, monitor: Any, state: SourceAnalysis, frames: np.ndarray, outputs: np.ndarray | None) -> None:
         state.learning.extend(frames)

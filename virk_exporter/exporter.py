@@ -15,10 +15,12 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, TypeVar
 
 from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
@@ -27,11 +29,14 @@ from virk_exporter.config import ExporterConfig, check_sample
 from virk_exporter.handoff import Handoff
 from virk_exporter.metrics import CallerMetrics, merge_families
 from virk_exporter.outputs import output_rows, output_summary
+from virk_exporter.tracing import emit, force_flush, hex_ids, resolve_tracer
 from virk_exporter.worker_handle import WorkerHandle
 
 log = logging.getLogger("virk_exporter")
 
 F = TypeVar("F", bound=Callable[..., Any])
+_NO_SPAN = nullcontext()  # yields None: the call has no span of ours
+_MAX_SPAN_IDS = 64  # frame ids listed on a call's span
 SourceFn = Callable[..., "str | Iterable[str] | None"]
 
 class Exporter:
@@ -67,7 +72,9 @@ class Exporter:
         self._worker = WorkerHandle(self.config, reference_frames)
         self._copy_on_call = copy_on_call
         self._duration = self.metrics.predict_duration.labels(model)
-        self._handoff = Handoff(self._account, self._count_error, self.config.queue_batches)
+        self._tracer: Any = None
+        self._tracing_resolved = False
+        self._handoff = Handoff(self._account, self._count_error, self.config.queue_batches, idle=self._emit_worker_spans)
         self.metrics.queue_depth.labels(model).set_function(lambda: self._handoff.pending + self._worker.depth())
         self._id_lock = threading.Lock()
         self._next_id = 0
@@ -103,41 +110,64 @@ class Exporter:
         options = {"source": source, "sample": self.config.sample if sample is None else sample, "color": color or self.config.color}
 
         def decorate(function: F) -> F:
-            target = _Target(_frames_locator(function, frames_arg), inspect.signature(function) if source is not None else None, options)
+            target = _Target(
+                _frames_locator(function, frames_arg),
+                inspect.signature(function) if source is not None else None,
+                options,
+                function.__qualname__,
+                {"code.function.name": f"{function.__module__}.{function.__qualname__}", "virk.model": self.model},
+            )
             if inspect.iscoroutinefunction(function):
 
                 @functools.wraps(function)
                 async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                    started = time.perf_counter()
-                    try:
-                        result = await function(*args, **kwargs)
-                    except BaseException as error:
-                        self._observe(target, args, kwargs, None, error, time.perf_counter() - started)
-                        raise
-                    self._observe(target, args, kwargs, result, None, time.perf_counter() - started)
-                    return result
+                    with self._span(target) as span:
+                        started = time.perf_counter()
+                        try:
+                            result = await function(*args, **kwargs)
+                        except BaseException as error:
+                            self._observe(target, span, args, kwargs, None, error, time.perf_counter() - started)
+                            raise
+                        self._observe(target, span, args, kwargs, result, None, time.perf_counter() - started)
+                        return result
 
                 return async_wrapper  # type: ignore[return-value]
 
             @functools.wraps(function)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                started = time.perf_counter()
-                try:
-                    result = function(*args, **kwargs)
-                except BaseException as error:
-                    self._observe(target, args, kwargs, None, error, time.perf_counter() - started)
-                    raise
-                self._observe(target, args, kwargs, result, None, time.perf_counter() - started)
-                return result
+                with self._span(target) as span:
+                    started = time.perf_counter()
+                    try:
+                        result = function(*args, **kwargs)
+                    except BaseException as error:
+                        self._observe(target, span, args, kwargs, None, error, time.perf_counter() - started)
+                        raise
+                    self._observe(target, span, args, kwargs, result, None, time.perf_counter() - started)
+                    return result
 
             return wrapper  # type: ignore[return-value]
 
         return decorate(fn) if fn is not None else decorate
 
-    def _observe(self, target: "_Target", args: tuple, kwargs: dict, result: Any, error: BaseException | None, duration: float) -> None:
+    def _span(self, target: "_Target") -> Any:
+        """The call's span as the current span (a child of the caller's), or nothing when tracing is off."""
+        tracer = self._tracer if self._tracing_resolved else self._resolve_tracing()
+        if tracer is None:
+            return _NO_SPAN
+        return tracer.start_as_current_span(target.name, kind=SpanKind.INTERNAL, attributes=target.attributes)
+
+    def _resolve_tracing(self) -> Any:
+        """Pick the tracer at the first monitored call (so an app may set its provider after creating us)."""
+        self._tracer = resolve_tracer()
+        self._tracing_resolved = True
+        if self._tracer is not None:
+            self._worker.post("tracing", True)
+        return self._tracer
+
+    def _observe(self, target: "_Target", span: Any, args: tuple, kwargs: dict, result: Any, error: BaseException | None, duration: float) -> None:
         """What the caller's thread does per call: note the call and queue it. Never raises.
 
-        Counting, sampling and copying happen on the hand-off thread (:meth:`_account`).
+        Counting, copying and handing frames to the worker happen on the hand-off thread.
         """
         try:
             call = _Call(target, None, args, kwargs, result, error, duration, trace.get_current_span().get_span_context(), time.time())
@@ -158,25 +188,36 @@ class Exporter:
             with self._id_lock:
                 call.first_id = self._next_id
                 self._next_id += call.n
+            call.sources = self._sources_of(target.options["source"], target.signature, call.frames, args, kwargs, call.n)
+            call.chosen = self._sample(target.options["sample"], call.n)
+            if span is not None:
+                span.set_attributes(
+                    {
+                        "virk.batch_size": call.n,
+                        "virk.frame_ids": list(range(call.first_id, call.first_id + min(call.n, _MAX_SPAN_IDS))),
+                        "virk.source": sorted(set(call.sources)),
+                        "virk.sampled": bool(call.chosen),
+                    }
+                )
             if not self._handoff.submit(call):
                 self._account(call, shed="queue_full")
         except Exception as problem:  # noqa: BLE001 - monitoring must never reach the caller
             self._count_error("caller", problem)
 
     def _account(self, call: "_Call", shed: str | None = "") -> None:
-        """Count a call's frames, sample them and hand the sampled ones to the worker.
+        """Count a call's frames and hand the sampled ones to the worker (hand-off thread).
 
         ``shed`` is a drop reason (frames counted, sampled ones dropped), None (only the
         duration is counted: unreadable input, or the exporter is closed) or "" (normal).
         """
-        self._duration.observe(call.duration)
+        trace_id, span_id = hex_ids(call.context)
+        exemplar = {"trace_id": trace_id, "span_id": span_id} if trace_id else None
+        self._duration.observe(call.duration, exemplar)
         if shed is None:
             return
-        target = call.target
-        sources = self._sources_of(target.options["source"], target.signature, call.frames, call.args, call.kwargs, call.n)
-        for name in set(sources):
-            self._source_counters(name)[0].inc(sources.count(name))
-        chosen = self._sample(target.options["sample"], call.n)
+        sources, chosen = call.sources, call.chosen
+        for name in dict.fromkeys(sources):
+            self._source_counters(name)[0].inc(sources.count(name), exemplar)
         if not chosen:
             return
         for index in chosen:
@@ -192,20 +233,25 @@ class Exporter:
         if len(chosen) != call.n:
             batch = batch[chosen]
             outputs = outputs[chosen] if outputs is not None else None
-        context = call.context
         meta = {
             "frame_ids": [call.first_id + i for i in chosen],
             "sources": [sources[i] for i in chosen],
             "timestamp": call.timestamp,
-            "color": target.options["color"],
+            "color": call.target.options["color"],
             "channels_first": captured.channels_first,
-            "trace_id": format(context.trace_id, "032x") if context.is_valid else None,
-            "span_id": format(context.span_id, "016x") if context.is_valid else None,
+            "trace_id": trace_id,
+            "span_id": span_id,
             "output": output_summary(call.result, call.error),
         }
         reason = self._worker.put(batch, outputs, meta)
         if reason is not None:
             self._count_drop(reason, len(chosen))
+
+    def _emit_worker_spans(self) -> None:
+        """Turn the worker's span records into spans (hand-off thread, between calls)."""
+        for record in self._worker.span_records():
+            if self._tracer is not None:
+                emit(self._tracer, record)
 
     def _sources_of(self, source_fn, signature, frames, args, kwargs, n: int) -> list[str]:
         if source_fn is None:
@@ -265,9 +311,12 @@ class Exporter:
         return self._worker.request(command, *args, timeout=timeout)
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait until the worker has processed everything sent so far."""
+        """Wait until the worker has processed everything sent so far (and export its spans)."""
         self._handoff.drain(timeout)
         self._worker.flush(timeout)
+        if self._tracer is not None:
+            self._emit_worker_spans()
+            force_flush()
 
     def submit_alert(self, notification: Any) -> None:
         self._worker.post("alert", notification)
@@ -312,6 +361,9 @@ class Exporter:
             server.shutdown()
         self._handoff.close(self.config.close_timeout_s if timeout is None else timeout)
         self._worker.close(self.config.close_timeout_s if timeout is None else timeout)
+        if self._tracer is not None:
+            self._emit_worker_spans()
+            force_flush()
 
     def __enter__(self) -> "Exporter":
         return self
@@ -322,11 +374,13 @@ class Exporter:
 
 @dataclass(frozen=True)
 class _Target:
-    """One decorated function: where its frames are and its monitoring options."""
+    """One decorated function: where its frames are, its monitoring options, its span's name."""
 
     locate: Callable[[tuple, dict], Any]
     signature: inspect.Signature | None
     options: dict[str, Any]
+    name: str
+    attributes: dict[str, Any]
 
 
 @dataclass
@@ -344,6 +398,8 @@ class _Call:
     timestamp: float
     n: int = 0
     first_id: int = 0
+    sources: list[str] = field(default_factory=list)
+    chosen: list[int] = field(default_factory=list)
 
 
 def _frames_locator(function: Callable, frames_arg: str | int | None) -> Callable[[tuple, dict], Any]:

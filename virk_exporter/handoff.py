@@ -25,8 +25,15 @@ _MAX_POLL_S = 0.02  # after a quiet spell: at most 50 wake-ups a second
 
 
 class Handoff:
-    def __init__(self, process: Callable[[Any], None], on_error: Callable[[str, BaseException], None], max_pending: int) -> None:
+    def __init__(
+        self,
+        process: Callable[[Any], None],
+        on_error: Callable[[str, BaseException], None],
+        max_pending: int,
+        idle: Callable[[], None] | None = None,
+    ) -> None:
         self._process = process
+        self._idle = idle  # called whenever the queue is empty (e.g. to emit the worker's spans)
         self._on_error = on_error
         self._max_pending = max_pending
         self._queue: deque = deque()
@@ -60,6 +67,11 @@ class Handoff:
             try:
                 item = self._queue.popleft()
             except IndexError:
+                if self._idle is not None:
+                    try:
+                        self._idle()
+                    except Exception as problem:  # noqa: BLE001
+                        self._on_error("tracing", problem)
                 time.sleep(idle)
                 idle = min(idle * 2, _MAX_POLL_S)
                 continue

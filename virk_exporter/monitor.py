@@ -14,6 +14,7 @@ from virk_exporter import frames as frame_io
 from virk_exporter.config import ExporterConfig
 from virk_exporter.metrics import WorkerMetrics
 from virk_exporter.recorder import FlightRecorder, RecordedFrame, encode_frame
+from virk_exporter.tracing import SpanRecord, SpanRecorder
 from virk_exporter.transport import BatchMessage
 
 log = logging.getLogger("virk_exporter.worker")
@@ -33,6 +34,7 @@ class Monitor:
         self._logged: set[str] = set()
         self.frames_processed = 0
         self.fail_stage: str | None = None  # tests: make one stage raise (see command "fail_stage")
+        self.spans = SpanRecorder()
         from virk_exporter.analysis import Analysis
 
         self.analysis = Analysis(config, metrics, self.recorder, self.lock, reference_frames)
@@ -42,9 +44,10 @@ class Monitor:
         """Time a stage; count and log (once per stage) what it raises."""
         started = time.perf_counter()
         try:
-            if self.fail_stage == name:
-                raise RuntimeError(f"injected failure in stage {name!r}")
-            yield
+            with self.spans.child(f"virk.{name}"):
+                if self.fail_stage == name:
+                    raise RuntimeError(f"injected failure in stage {name!r}")
+                yield
         except Exception as problem:  # noqa: BLE001 - monitoring errors never escape the worker
             self.metrics.errors.labels(self.model, name).inc()
             if name not in self._logged:
@@ -54,8 +57,15 @@ class Monitor:
         finally:
             self.metrics.stage_seconds.labels(self.model, name).observe(time.perf_counter() - started)
 
-    def process(self, message: BatchMessage, frames: np.ndarray, outputs: np.ndarray | None) -> None:
+    def process(self, message: BatchMessage, frames: np.ndarray, outputs: np.ndarray | None) -> SpanRecord | None:
+        """Analyse one batch; returns its span record when tracing is on."""
         meta = message.meta
+        links = [(meta["trace_id"], meta["span_id"])] if meta.get("trace_id") else []
+        self.spans.begin(
+            "virk.monitor",
+            {"virk.model": self.model, "virk.source": sorted(set(meta["sources"])), "virk.frame_ids": list(meta["frame_ids"])},
+            links,
+        )
         try:
             with self.stage("normalize"):
                 rgb = frame_io.normalize(frame_io.Captured(frames, meta["channels_first"]), meta["color"])
@@ -82,7 +92,8 @@ class Monitor:
             self.metrics.recorder_frames.labels(self.model).set(len(self.recorder))
             self.metrics.recorder_bytes.labels(self.model).set(self.recorder.nbytes)
         except StageFailed:
-            return
+            pass
+        return self.spans.finish()
 
     # ------------------------------------------------------------------ commands
     def command(self, name: str, *args: Any) -> Any:
@@ -97,6 +108,9 @@ class Monitor:
     def cmd_status(self) -> dict[str, Any]:
         with self.lock:
             return {"frames_processed": self.frames_processed, "recorder_frames": len(self.recorder), "recorder_bytes": self.recorder.nbytes, **self.analysis.status()}
+
+    def cmd_tracing(self, enabled: bool) -> None:
+        self.spans.enabled = bool(enabled)
 
     # Fault drills (used by the tests): make a stage raise, or stall the worker for a while.
     def cmd_fail_stage(self, name: str | None) -> None:

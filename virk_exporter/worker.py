@@ -1,4 +1,4 @@
-"""The monitoring worker process: ``python -m virk_exporter.worker FRAMES_FD CONTROL_FD ARENA_FD ARENA_SIZE``.
+"""The monitoring worker process: ``python -m virk_exporter.worker FRAMES_FD CONTROL_FD EVENTS_FD ARENA_FD ARENA_SIZE``.
 
 Its main thread consumes frame batches in order; a second thread answers the caller
 process's requests (metrics collection, flush, alerts, snapshots). Both share one
@@ -23,8 +23,9 @@ log = logging.getLogger("virk_exporter.worker")
 
 
 class Worker:
-    def __init__(self, frames: Connection, control: Connection, arena: Arena) -> None:
+    def __init__(self, frames: Connection, control: Connection, events: Connection, arena: Arena) -> None:
         self.control = control
+        self.events = events  # span records back to the caller's process
         self.arena = arena
         self.consumer = FrameConsumer(arena, frames)
         self.registry = CollectorRegistry(auto_describe=True)
@@ -56,7 +57,12 @@ class Worker:
                 break  # the caller's process is gone
             if item is None:
                 break
-            self.monitor.process(*item)
+            record = self.monitor.process(*item)
+            if record is not None:
+                try:
+                    self.events.send(record)
+                except OSError:
+                    pass
             with self._progress:
                 self.processed += 1
                 self._progress.notify_all()
@@ -101,8 +107,8 @@ class Worker:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s virk-worker %(levelname)s %(message)s")
-    frames_fd, control_fd, arena_fd, arena_size = (int(a) for a in argv)
-    worker = Worker(Connection(frames_fd), Connection(control_fd), Arena(arena_fd, arena_size))
+    frames_fd, control_fd, events_fd, arena_fd, arena_size = (int(a) for a in argv)
+    worker = Worker(Connection(frames_fd), Connection(control_fd), Connection(events_fd), Arena(arena_fd, arena_size))
     worker.initialize()
     worker.run()
     return 0

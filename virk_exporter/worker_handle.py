@@ -36,20 +36,25 @@ class WorkerHandle:
         self._producer: FrameProducer | None = None
         self._control = None
         self._control_lock = threading.Lock()
+        self._events = None  # span records the worker sends back
+        self._events_lock = threading.Lock()
+        self._leftover: list[Any] = []  # records read while closing
         self._request_ids = itertools.count(1)
 
     def start(self) -> None:
         self._arena = Arena.create(self.config.queue_bytes)
         frames_ours, frames_theirs = socket_pair()
         control_ours, control_theirs = socket_pair()
-        fds = (frames_theirs.fileno(), control_theirs.fileno(), self._arena.fd)
+        events_ours, events_theirs = socket_pair()
+        fds = (frames_theirs.fileno(), control_theirs.fileno(), events_theirs.fileno(), self._arena.fd)
         self._process = subprocess.Popen(
             [sys.executable, "-m", "virk_exporter.worker", *map(str, fds), str(self._arena.size)],
             pass_fds=fds,
             stdin=subprocess.DEVNULL,
         )
-        frames_theirs.close()
-        control_theirs.close()
+        for theirs in (frames_theirs, control_theirs, events_theirs):
+            theirs.close()
+        self._events = events_ours
         self._producer = FrameProducer(self._arena, frames_ours, self.config.queue_batches)
         self._control = control_ours
         self._control.send((None, "init", (self.config, self._reference_frames)))
@@ -85,6 +90,17 @@ class WorkerHandle:
         if not self.alive:
             return "worker_down"
         return self._producer.try_put(frames, outputs, meta)
+
+    def span_records(self) -> list[Any]:
+        """Span records the worker has sent back so far (see tracing.SpanRecord)."""
+        records, self._leftover = self._leftover, []
+        with self._events_lock:
+            try:
+                while self._events is not None and self._events.poll(0):
+                    records.append(self._events.recv())
+            except (EOFError, OSError):
+                pass
+        return records
 
     # ------------------------------------------------------------------ control
     def post(self, command: str, *args: Any) -> None:
@@ -126,6 +142,11 @@ class WorkerHandle:
             self._process.kill()
             self._process.wait()
         finally:
+            leftover = self.span_records()
+            with self._events_lock:
+                self._events.close()
+                self._events = None
+            self._leftover = leftover
             self._producer.connection.close()
             self._control.close()
             self._arena.close()

@@ -1,0 +1,111 @@
+"""OpenTelemetry over real OTLP/HTTP: request spans, linked monitoring spans, drift events,
+exemplars and bundle trace ids, decoded by a test receiver."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+from servers import OTLPReceiver
+from virk_exporter.fingerprint.causes import VOCABULARY
+from virk_exporter.incidents.bundle import read_bundle
+
+INTERNAL, SERVER = 1, 2  # span kinds as the protobuf numbers them
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory):
+    receiver = OTLPReceiver()
+    store = tmp_path_factory.mktemp("store")
+    app = Path(__file__).with_name("tracing_app.py")
+    run = subprocess.run([sys.executable, str(app), receiver.endpoint, str(store)], capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    spans = receiver.spans()
+    receiver.close()
+    yield result, spans, store
+
+
+def hexid(raw: bytes) -> str:
+    return raw.hex()
+
+
+def test_a_span_per_call_nests_under_the_incoming_request(traced):
+    result, spans, _ = traced
+    calls = [s for s in spans if s.name == "predict"]
+    assert len(calls) == len(result["incoming"]) == 12
+    by_parent = {(hexid(s.trace_id), hexid(s.parent_span_id)): s for s in calls}
+    for trace_id, server_span in result["incoming"]:
+        call = by_parent[(trace_id, server_span)]  # same trace, child of the server span
+        assert call.kind == INTERNAL
+        attributes = {a.key: a.value for a in call.attributes}
+        assert attributes["virk.model"].string_value == "traced"
+        assert attributes["virk.batch_size"].int_value == 4
+        assert [v.string_value for v in attributes["virk.source"].array_value.values] == ["cam-t"]
+        assert attributes["virk.sampled"].bool_value is True
+        assert len(attributes["virk.frame_ids"].array_value.values) == 4
+
+
+def test_monitoring_spans_link_back_to_the_request_spans(traced):
+    _, spans, _ = traced
+    calls = {(hexid(s.trace_id), hexid(s.span_id)) for s in spans if s.name == "predict"}
+    monitors = [s for s in spans if s.name == "virk.monitor"]
+    assert len(monitors) == 12
+    for span in monitors:
+        links = {(hexid(link.trace_id), hexid(link.span_id)) for link in span.links}
+        assert links and links <= calls
+        assert (hexid(span.trace_id), hexid(span.span_id)) not in calls  # a trace of its own
+    children = {s.name for s in spans if s.parent_span_id and hexid(s.parent_span_id) in {hexid(m.span_id) for m in monitors}}
+    assert {"virk.normalize", "virk.record", "virk.embed", "virk.drift", "virk.fingerprint"} <= children
+
+
+def test_drift_detection_is_a_span_event_with_statistic_p_value_and_cause(traced):
+    result, spans, _ = traced
+    assert result["status"]["sources"]["cam-t"]["detected"]
+    events = [e for s in spans if s.name == "virk.monitor" for e in s.events if e.name == "virk.drift_detected"]
+    assert len(events) == 1
+    attributes = {a.key: a.value for a in events[0].attributes}
+    assert attributes["virk.drift.p_value"].double_value <= 0.05
+    assert attributes["virk.drift.statistic"].double_value > attributes["virk.drift.threshold"].double_value
+    assert attributes["virk.fingerprint.top"].string_value in VOCABULARY
+    tests = [e for s in spans for e in s.events if e.name == "virk.drift_test"]
+    assert len(tests) >= 2
+
+
+def test_exemplars_carry_the_trace_ids_of_exported_spans(traced):
+    result, spans, _ = traced
+    trace_ids = {hexid(s.trace_id) for s in spans if s.name == "predict"}
+    exemplars = [
+        sample.exemplar
+        for family in text_string_to_metric_families(result["openmetrics"])
+        if family.name in ("virk_predict_duration_seconds", "virk_frames")
+        for sample in family.samples
+        if sample.exemplar is not None
+    ]
+    assert exemplars
+    assert {e.labels["trace_id"] for e in exemplars} <= trace_ids
+
+
+def test_bundle_trace_ids_match_the_spans_of_its_frames(traced):
+    result, spans, store = traced
+    calls = {(hexid(s.trace_id), hexid(s.span_id)) for s in spans if s.name == "predict"}
+    bundles = list(Path(store).rglob("bundle.zip"))
+    assert len(bundles) == 1
+    manifest = read_bundle(bundles[0]).manifest
+    frames = manifest["frames"]
+    assert frames
+    assert {(f["trace_id"], f["span_id"]) for f in frames} <= calls
+    bundle_spans = [s for s in spans if s.name == "virk.bundle"]
+    assert len(bundle_spans) == 1
+    links = {(hexid(link.trace_id), hexid(link.span_id)) for link in bundle_spans[0].links}
+    assert links == {(f["trace_id"], f["span_id"]) for f in frames}
+
+
+def test_tracing_off_adds_no_span_and_keeps_working(tmp_path):
+    from virk_exporter.tracing import resolve_tracer
+
+    # This test process has set no provider and no OTLP endpoint.
+    assert resolve_tracer() is None
