@@ -3,9 +3,15 @@ an Alertmanager-shaped alert and an IncidentContext like the worker's."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import cv2
 import numpy as np
 import skimage.data
+
+from virk_exporter.fingerprint import Fingerprinter
+from virk_exporter.reference import Reference, SourceReference
 
 from virk_exporter.incidents.bundle import IncidentContext
 from virk_exporter.incidents.webhook import Alert, make_alert_payload, parse_notification
@@ -32,16 +38,51 @@ def alert(model: str = MODEL, status: str = "firing", fingerprint: str = "a1b2c3
     return parse_notification(body).alerts[0]
 
 
+_FINGERPRINTERS: dict = {}
+
+
+def _fingerprinter(reference: list[np.ndarray]):
+    key = (len(reference), reference[0].shape)
+    if key not in _FINGERPRINTERS:
+        _FINGERPRINTERS[key] = Fingerprinter(np.stack(reference))
+    return _FINGERPRINTERS[key]
+
+
+_REFERENCE_FILES: dict = {}
+
+
+def reference_file(fingerprinter, embeddings: np.ndarray) -> bytes:
+    """A real .virkref (virk_exporter.reference) holding the embeddings and fingerprinter.
+    Cached: Reference.save stamps zip entries with the current time, and the tests compare
+    bundles built from the same content byte for byte."""
+    key = (id(fingerprinter), embeddings.tobytes())
+    if key not in _REFERENCE_FILES:
+        _REFERENCE_FILES[key] = _save_reference(fingerprinter, embeddings)
+    return _REFERENCE_FILES[key]
+
+
+def _save_reference(fingerprinter, embeddings: np.ndarray) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = Reference(
+            embedder_id="test-embedder/v0",
+            sources={"cam1": SourceReference("cam1", embeddings, fingerprint_state=fingerprinter.state())},
+            created="2026-11-26T00:00:00+00:00",
+        )
+        return ref.save(Path(tmp) / "r.virkref").read_bytes()
+
+
 def context(n_frames: int = 16, size: tuple[int, int] = (640, 480), onset: int | None = None, seed: int = 0) -> IncidentContext:
-    """Frames of real photos that darken from ``onset`` on (a brightness drift), with traces."""
+    """Frames of real photos that darken from ``onset`` on (a brightness drift), with traces,
+    the properties and diagnosis the real fingerprinter gives for them, and a real .virkref."""
     rng = np.random.default_rng(seed)
     base = photos(size)
+    reference = [np.clip(b.astype(np.int16) + rng.integers(-4, 5, b.shape), 0, 255).astype(np.uint8) for b in base for _ in range(3)]
+    fingerprinter = _fingerprinter(reference)
     onset = n_frames // 2 if onset is None else onset
+    raw = [base[i % len(base)] if i < onset else (base[i % len(base)] * 0.4).astype(np.uint8) for i in range(n_frames)]
+    measured = fingerprinter.properties(np.stack(raw))
     frames = []
-    for i in range(n_frames):
-        rgb = base[i % len(base)]
-        if i >= onset:
-            rgb = (rgb * 0.4).astype(np.uint8)
+    for i, rgb in enumerate(raw):
         frames.append(
             RecordedFrame(
                 frame_id=i,
@@ -53,7 +94,7 @@ def context(n_frames: int = 16, size: tuple[int, int] = (640, 480), onset: int |
                 trace_id=f"{i:032x}",
                 span_id=f"{i:016x}",
                 output={"label": int(i % 3)},
-                properties={"brightness": float(rgb.mean()), "contrast": float(rgb.std())},
+                properties={k: float(v[i]) for k, v in measured.items()},
             )
         )
     timeline = [
@@ -68,11 +109,15 @@ def context(n_frames: int = 16, size: tuple[int, int] = (640, 480), onset: int |
         }
         for i in range(0, n_frames, 2)
     ]
+    window = {k: v[onset:] for k, v in measured.items()}
+    diagnosis = fingerprinter.diagnose(properties=window, embedding_drift=True)
+    reference_embeddings = rng.normal(size=(32, 8)).astype(np.float32)
     return IncidentContext(
         frames=frames,
-        reference_frames=base,
-        embeddings={"reference": rng.normal(size=(32, 8)).astype(np.float32), "window/cam1": rng.normal(2.0, 1.0, size=(16, 8)).astype(np.float32)},
+        reference_frames=reference,
+        embeddings={"reference": reference_embeddings, "window/cam1": rng.normal(2.0, 1.0, size=(16, 8)).astype(np.float32)},
         drift_timeline=timeline,
-        diagnosis={"cam1": {"top": "brightness", "causes": [["brightness", 0.92], ["contrast", 0.3]], "evidence": {"brightness": "median luma 0.4x"}}},
-        config={"window": 16, "n_permutations": 100, "p_val": 0.05},
+        diagnosis={"cam1": diagnosis.to_dict()},
+        reference_file=reference_file(fingerprinter, reference_embeddings),
+        config={"window": max(2, n_frames - onset), "n_permutations": 100, "p_val": 0.05},
     )

@@ -18,25 +18,29 @@ from virk_exporter.incidents.store import LocalStore
 
 
 @pytest.fixture(scope="module")
-def built() -> tuple[bytes, dict]:
-    return build_bundle(alert(), MODEL, context())
+def ctx():
+    return context()
 
 
-def test_same_content_same_bytes(built):
-    again, _ = build_bundle(alert(), MODEL, context())
+@pytest.fixture(scope="module")
+def built(ctx) -> tuple[bytes, dict]:
+    return build_bundle(alert(), MODEL, ctx)
+
+
+def test_same_content_same_bytes(built, ctx):
+    again, _ = build_bundle(alert(), MODEL, ctx)
     assert again == built[0]
-    other, _ = build_bundle(alert(fingerprint="ffff0000ffff0000"), MODEL, context())
+    other, _ = build_bundle(alert(fingerprint="ffff0000ffff0000"), MODEL, ctx)
     assert other != built[0]
 
 
-def test_contents_round_trip(built):
+def test_contents_round_trip(built, ctx):
     data, manifest = built
-    ctx = context()
     b = read_bundle(data)
     assert b.manifest == json.loads(b.files["manifest.json"])
     assert b.manifest["schema"] == "virk-bundle/1" and b.manifest["model"] == MODEL
-    assert b.manifest["alert"]["labels"]["alertname"] == "VirkDriftDetected"
-    assert b.manifest["cause"] == "brightness" and b.manifest["sources"] == ["cam1"]
+    assert b.manifest["alert"]["labels"]["alertname"] == "VisionModelDrift"
+    assert b.manifest["cause"] == ctx.diagnosis["cam1"]["top"] and b.manifest["sources"] == ["cam1"]
     assert [f["trace_id"] for f in b.manifest["frames"]] == [f.trace_id for f in ctx.frames]
     assert set(b.manifest["files"]) == set(b.files) - {"manifest.json", "manifest.sha256"}
     assert {"report.html", "replay.py", "embeddings.npz"} <= set(b.files)
@@ -145,7 +149,8 @@ def test_cli_show_and_replay(built, tmp_path, monkeypatch):
     path.write_bytes(built[0])
     result = CliRunner().invoke(bundle_cli, ["show", str(path)])
     assert result.exit_code == 0, result.output
-    assert "brightness" in result.output and "a1b2c3d4e5f60718" in result.output and "16" in result.output
+    top = read_bundle(built[0]).manifest["diagnosis"]["cam1"]["top"]
+    assert f"diagnosis[cam1]    {top}" in result.output and "a1b2c3d4e5f60718" in result.output and "16" in result.output
 
     # the user's predict, importable from the working directory
     (tmp_path / "user_model.py").write_text(
@@ -162,6 +167,10 @@ def test_cli_show_and_replay(built, tmp_path, monkeypatch):
     # the bundle's window embeddings are far from the reference: drift recomputed = recorded
     assert "True" in rows["drift"] and "yes" in rows["drift"], result.output
     assert "predict" in rows
+    # the fingerprinter restored from the bundled .virkref, over the recorded window properties,
+    # gives the recorded cause again
+    assert f"{top} " in rows["cause"] and "yes" in rows["cause"], result.output
+    assert "reproduced: yes" in result.output
 
     result = CliRunner().invoke(bundle_cli, ["replay", str(path), "--predict", "no_such_module:predict"])
     assert result.exit_code != 0 and "cannot load" in result.output

@@ -59,6 +59,13 @@ def test_seed_reproducible_and_seeds_differ() -> None:
     assert not np.array_equal(a[1], c[1])
 
 
+def test_unseeded_detectors_draw_fresh_permutations() -> None:
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=(50, 4)), rng.normal(size=(20, 4))
+    a, b = MMDDrift(x), MMDDrift(x)
+    assert a.test(y).p_value > 0 and not np.array_equal(a.permutations(20), b.permutations(20))
+
+
 def test_p_values_uniform_under_no_drift_and_false_alarm_rate() -> None:
     # 400 independent experiments: fresh reference and fresh test sample from one distribution.
     p = []

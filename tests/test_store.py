@@ -3,9 +3,7 @@ put/get, tags, presigned links, bucket creation, credentials, and S3 down during
 
 from __future__ import annotations
 
-import subprocess
 import time
-import urllib.request
 
 import pytest
 from incident_helpers import MODEL, alert, context
@@ -80,6 +78,13 @@ def test_s3_put_get_tags_list_and_presigned_link(s3, monkeypatch, bundle_bytes):
     status, body = http_get(store.link(key, 60))
     assert status == 200 and body == bundle_bytes
     read_bundle(body)  # downloaded through the link, it verifies
+    # links name the endpoint browsers use when it differs from the exporter's
+    public = S3Store.from_env("virk-created-on-demand", "prod/eu", env_for(s3, VIRK_S3_PUBLIC_ENDPOINT=s3.url.replace("127.0.0.1", "localhost")))
+    public_link = public.link(key, 60)
+    assert public_link.startswith("http://localhost:") and http_get(public_link) == (200, bundle_bytes)
+    with pytest.raises(ValueError, match="bucket name"):
+        open_store("s3://No_Such..Bucket/x")
+
     short = store.link(key, 1)
     time.sleep(2.1)
     assert http_get(short)[0] == 403  # the expiry is enforced by the server

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.error
 import urllib.request
 
 import pytest
 from incident_helpers import MODEL, alert, context
-from servers import free_port, http_get
+from servers import free_port
 
 from virk_exporter.config import ExporterConfig
 from virk_exporter.incidents.bundle import build_bundle, bundle_key
@@ -28,7 +29,7 @@ REAL_PAYLOAD = {
     "alerts": [
         {
             "status": "firing",
-            "labels": {"alertname": "VirkDriftDetected", "model": MODEL, "source": "cam1", "instance": "127.0.0.1:9400"},
+            "labels": {"alertname": "VisionModelDrift", "model": MODEL, "source": "cam1", "instance": "127.0.0.1:9400"},
             "annotations": {"summary": "drift"},
             "startsAt": "2026-11-26T01:02:03.123456789Z",
             "endsAt": "0001-01-01T00:00:00Z",
@@ -36,12 +37,12 @@ REAL_PAYLOAD = {
             "fingerprint": "5e1ee2a5b0c9d1f2",
         }
     ],
-    "groupLabels": {"alertname": "VirkDriftDetected"},
-    "commonLabels": {"alertname": "VirkDriftDetected"},
+    "groupLabels": {"alertname": "VisionModelDrift"},
+    "commonLabels": {"alertname": "VisionModelDrift"},
     "commonAnnotations": {},
     "externalURL": "http://alertmanager:9093",
     "version": "4",
-    "groupKey": '{}:{alertname="VirkDriftDetected"}',
+    "groupKey": '{}:{alertname="VisionModelDrift"}',
     "truncatedAlerts": 0,
 }
 
@@ -89,6 +90,7 @@ def test_parses_a_real_alertmanager_payload():
         (json.dumps({k: v for k, v in REAL_PAYLOAD.items() if k != "alerts"}).encode(), "missing field 'alerts'"),
         (payload(alerts="x"), "field 'alerts' must be list"),
         (payload(status="pending"), "status must be 'firing' or 'resolved'"),
+        (payload(truncatedAlerts="many"), "field 'truncatedAlerts' must be int"),
         (payload(alerts=[{**REAL_PAYLOAD["alerts"][0], "startsAt": "yesterday"}]), "alerts[0].startsAt: 'yesterday' is not an RFC 3339"),
         (payload(alerts=[{k: v for k, v in REAL_PAYLOAD["alerts"][0].items() if k != "fingerprint"}]), "alerts[0]: missing field 'fingerprint'"),
         (payload(alerts=[{**REAL_PAYLOAD["alerts"][0], "fingerprint": "../../etc"}]), "fingerprint '../../etc' must be"),
@@ -222,3 +224,13 @@ def test_errors_carry_status():
     with pytest.raises(WebhookError) as caught:
         parse_notification(b"")
     assert caught.value.status == 400
+
+
+def test_local_delivery_takes_the_webhook_path(tmp_path):
+    from virk_exporter.incidents.http import deliver_alert
+
+    exporter = FakeExporter(tmp_path, webhook_token=TOKEN)
+    response = deliver_alert(exporter, make_alert_payload(MODEL, labels={"source": "cam1", "fingerprint": "blur"}))
+    assert response.status == 202
+    (n,) = exporter.submitted
+    assert n.alerts[0].labels["alertname"] == "VisionModelDrift" and n.alerts[0].labels["fingerprint"] == "blur"

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from virk_exporter import Exporter, corruptions, photos
-from virk_exporter.demo import alertmanager_payload
+from virk_exporter.incidents.webhook import make_alert_payload
 
 endpoint, store = sys.argv[1], sys.argv[2]
 provider = TracerProvider(resource=Resource.create({"service.name": "tracing-app"}))
@@ -47,8 +47,8 @@ for i in range(0, len(stream), 4):
         predict(stream[i : i + 4], camera="cam-t")
 exporter.flush()
 status = exporter.request("status")
-payload = alertmanager_payload("traced", "cam-t", "blur", "cam-t drifted", exporter.config.instance)
-request = urllib.request.Request(f"{server.url}/api/v1/alerts", data=json.dumps(payload).encode(), method="POST",
+body = make_alert_payload("traced", labels={"source": "cam-t", "instance": exporter.config.instance})
+request = urllib.request.Request(f"{server.url}/api/v1/alerts", data=body, method="POST",
                                  headers={"Content-Type": "application/json", "Authorization": "Bearer t0k"})
 urllib.request.urlopen(request, timeout=10).read()
 accept = {"Accept": "application/openmetrics-text; version=1.0.0"}
@@ -56,4 +56,4 @@ openmetrics = urllib.request.urlopen(urllib.request.Request(f"{server.url}/metri
 exporter.close(timeout=60)  # waits for the bundle, exports the worker's spans
 provider.force_flush()
 provider.shutdown()
-print(json.dumps({"incoming": incoming, "status": status, "openmetrics": openmetrics, "alert": payload["alerts"][0]["fingerprint"]}))
+print(json.dumps({"incoming": incoming, "status": status, "openmetrics": openmetrics, "alert": json.loads(body)["alerts"][0]["fingerprint"]}))

@@ -12,10 +12,11 @@ import dataclasses
 import logging
 import tempfile
 import threading
+import time
 import zlib
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -28,6 +29,7 @@ from virk_exporter.fingerprint.causes import CAUSES
 from virk_exporter.metrics import WorkerMetrics
 from virk_exporter.recorder import FlightRecorder
 from virk_exporter.reference import Reference, SourceReference
+from virk_exporter.tracing import SpanRecord, SpanRecorder
 
 log = logging.getLogger("virk_exporter.worker")
 
@@ -91,8 +93,12 @@ class Analysis:
         recorder: FlightRecorder,
         lock: threading.RLock,
         reference_frames: np.ndarray | None,
+        spans: SpanRecorder,
+        send_span: Callable[[SpanRecord], None],
     ) -> None:
         self.config = config
+        self.spans = spans
+        self.send_span = send_span
         self.model = config.model
         self.metrics = metrics
         self.recorder = recorder
@@ -273,7 +279,7 @@ class Analysis:
         if self._incidents is None:
             from virk_exporter.incidents.manager import IncidentManager
 
-            self._incidents = IncidentManager(self.model, self.config.store, self.metrics, self.incident_context)
+            self._incidents = IncidentManager(self.model, self.config.store, self.metrics, self.incident_context, on_built=self._trace_bundle)
         return self._incidents.handle(notification)
 
     def incident_context(self, alert: Any) -> Any:
@@ -310,6 +316,14 @@ class Analysis:
             config=config,
             reference_file=reference_file,
         )
+
+    def _trace_bundle(self, alert: Any, context: Any, started_ns: int, outcome: str) -> None:
+        """A span for the bundle's build, linked to the request spans of the frames inside it."""
+        if not self.spans.enabled:
+            return
+        links = list(dict.fromkeys((f.trace_id, f.span_id) for f in context.frames if f.trace_id))
+        attributes = {"virk.model": self.model, "virk.alert.fingerprint": alert.fingerprint, "virk.bundle.outcome": outcome, "virk.bundle.frames": len(context.frames)}
+        self.send_span(SpanRecord("virk.bundle", started_ns, time.time_ns(), attributes=attributes, links=links))
 
     def _reference_bytes(self, states: list[SourceAnalysis]) -> bytes | None:
         """The sources' references as a .virkref file, so a bundle replays on its own."""

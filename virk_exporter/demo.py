@@ -10,13 +10,11 @@ path a real Alertmanager uses), which freezes an incident bundle into the store.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 import time
 import urllib.request
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -29,6 +27,7 @@ from rich.table import Table
 
 from virk_exporter import corruptions, photos
 from virk_exporter.exporter import Exporter
+from virk_exporter.incidents.webhook import make_alert_payload
 
 MODEL = "demo-classifier"
 FRAME_SIZE = (480, 640)
@@ -112,37 +111,10 @@ class Feed:
         return frames[index : index + 1]
 
 
-def alertmanager_payload(model: str, source: str, cause: str, summary: str, instance: str) -> dict[str, Any]:
-    """An Alertmanager webhook (version 4) body for a VisionModelDrift alert."""
-    labels = {"alertname": "VisionModelDrift", "model": model, "source": source, "fingerprint": cause, "severity": "page", "instance": instance}
-    fingerprint = hashlib.sha256(json.dumps(labels, sort_keys=True).encode()).hexdigest()[:16]
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    alert = {
-        "status": "firing",
-        "labels": labels,
-        "annotations": {"summary": summary},
-        "startsAt": now,
-        "endsAt": "0001-01-01T00:00:00Z",
-        "generatorURL": "virk-exporter demo",
-        "fingerprint": fingerprint,
-    }
-    return {
-        "version": "4",
-        "groupKey": f'{{}}:{{alertname="VisionModelDrift", source="{source}"}}',
-        "truncatedAlerts": 0,
-        "status": "firing",
-        "receiver": "virk-exporter",
-        "groupLabels": {"alertname": "VisionModelDrift", "source": source},
-        "commonLabels": labels,
-        "commonAnnotations": alert["annotations"],
-        "externalURL": "virk-exporter demo",
-        "alerts": [alert],
-    }
-
-
-def _post(url: str, token: str, payload: dict[str, Any]) -> int:
+def _post(url: str, token: str, body: bytes) -> int:
+    """POST an alert to the exporter's own webhook over HTTP, as Alertmanager would."""
     request = urllib.request.Request(
-        url, data=json.dumps(payload).encode(), method="POST",
+        url, data=body, method="POST",
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -250,10 +222,15 @@ def _report(exporter, elapsed, console, announced, alerts_url, token, summary) -
             line = describe(source)
             console.print(f"{stamp} [bold red]DRIFT[/] p={source['p_value']:.4f} → {line}")
             summary["detections"][name] = {"at": time.time(), "cause": source["fingerprint"], "line": line}
-            payload = alertmanager_payload(exporter.model, name, source["fingerprint"], f"{name} drifted: {line}", exporter.config.instance)
-            _post(alerts_url, token, payload)
-            summary.setdefault("alerts", []).append(payload["alerts"][0]["fingerprint"])
-            console.print(f"{stamp} paged (alert {payload['alerts'][0]['fingerprint']}); building the incident bundle")
+            body = make_alert_payload(
+                exporter.model,
+                labels={"source": name, "fingerprint": source["fingerprint"], "severity": "page", "instance": exporter.config.instance},
+                annotations={"summary": f"{name} drifted: {line}"},
+            )
+            _post(alerts_url, token, body)
+            fingerprint = json.loads(body)["alerts"][0]["fingerprint"]
+            summary.setdefault("alerts", []).append(fingerprint)
+            console.print(f"{stamp} paged (alert {fingerprint}); building the incident bundle")
 
 
 def _wait_for_bundles(exporter: Exporter, summary: dict[str, Any], console: Console, timeout: float = 60.0) -> list[str]:

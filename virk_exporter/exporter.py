@@ -36,7 +36,6 @@ log = logging.getLogger("virk_exporter")
 
 F = TypeVar("F", bound=Callable[..., Any])
 _NO_SPAN = nullcontext()  # yields None: the call has no span of ours
-_MAX_SPAN_IDS = 64  # frame ids listed on a call's span
 SourceFn = Callable[..., "str | Iterable[str] | None"]
 
 class Exporter:
@@ -191,11 +190,13 @@ class Exporter:
             call.sources = self._sources_of(target.options["source"], target.signature, call.frames, args, kwargs, call.n)
             call.chosen = self._sample(target.options["sample"], call.n)
             if span is not None:
+                # The call's frames carry ids first_id .. first_id + batch_size - 1 (cheaper than a list).
+                sources = set(call.sources)
                 span.set_attributes(
                     {
                         "virk.batch_size": call.n,
-                        "virk.frame_ids": list(range(call.first_id, call.first_id + min(call.n, _MAX_SPAN_IDS))),
-                        "virk.source": sorted(set(call.sources)),
+                        "virk.frame_id.first": call.first_id,
+                        "virk.source": sources.pop() if len(sources) == 1 else ",".join(sorted(sources)),
                         "virk.sampled": bool(call.chosen),
                     }
                 )

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -25,7 +25,13 @@ class StageFailed(Exception):
 
 
 class Monitor:
-    def __init__(self, config: ExporterConfig, metrics: WorkerMetrics, reference_frames: np.ndarray | None) -> None:
+    def __init__(
+        self,
+        config: ExporterConfig,
+        metrics: WorkerMetrics,
+        reference_frames: np.ndarray | None,
+        send_span: Callable[[SpanRecord], None] = lambda record: None,
+    ) -> None:
         self.config = config
         self.model = config.model
         self.metrics = metrics
@@ -37,7 +43,7 @@ class Monitor:
         self.spans = SpanRecorder()
         from virk_exporter.analysis import Analysis
 
-        self.analysis = Analysis(config, metrics, self.recorder, self.lock, reference_frames)
+        self.analysis = Analysis(config, metrics, self.recorder, self.lock, reference_frames, self.spans, send_span)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

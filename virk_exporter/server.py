@@ -141,7 +141,7 @@ def _wsgi_reply(start_response: Callable, response: Response) -> list[bytes]:
 
 
 _REASONS = {200: "OK", 202: "Accepted", 302: "Found", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large", 500: "Internal Server Error",
+            405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large", 422: "Unprocessable Entity", 500: "Internal Server Error",
             502: "Bad Gateway", 503: "Service Unavailable"}
 
 

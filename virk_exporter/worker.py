@@ -32,7 +32,8 @@ class Worker:
         self.metrics = WorkerMetrics(self.registry)
         self.processed = 0
         self._progress = threading.Condition()
-        self._send_lock = threading.Lock()
+        self._send_lock = threading.Lock()  # the control answers
+        self._events_lock = threading.Lock()
         self.monitor: Any = None
 
     def initialize(self) -> None:
@@ -45,7 +46,7 @@ class Worker:
         from virk_exporter.monitor import Monitor  # heavy imports after the fork-free start
 
         torch.set_num_threads(1)  # monitoring must not take the model's cores
-        self.monitor = Monitor(config, self.metrics, reference_frames)
+        self.monitor = Monitor(config, self.metrics, reference_frames, self.send_span)
         self.arena.mark_ready()
         threading.Thread(target=self._serve_control, name="virk-control", daemon=True).start()
 
@@ -59,14 +60,19 @@ class Worker:
                 break
             record = self.monitor.process(*item)
             if record is not None:
-                try:
-                    self.events.send(record)
-                except OSError:
-                    pass
+                self.send_span(record)
             with self._progress:
                 self.processed += 1
                 self._progress.notify_all()
         self.monitor.close()
+
+    def send_span(self, record: Any) -> None:
+        """Send a span record to the caller's process (from any worker thread)."""
+        with self._events_lock:
+            try:
+                self.events.send(record)
+            except OSError:
+                pass
 
     # ------------------------------------------------------------------ control
     def _serve_control(self) -> None:

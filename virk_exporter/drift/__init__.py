@@ -1,5 +1,18 @@
-"""Drift statistics: kernel MMD (batch and online) and KS tests on image properties."""
+"""Drift statistics: kernel MMD (batch and online), the per-source streaming monitor, and KS
+tests on image properties."""
 
 from virk_exporter.drift.ks import PropertyTest, ks_property_tests
+from virk_exporter.drift.mmd import MMDDrift, MMDResult
+from virk_exporter.drift.monitor import DriftUpdate, SourceDriftMonitor
+from virk_exporter.drift.online import OnlineMMDDrift, OnlineResult
 
-__all__ = ["PropertyTest", "ks_property_tests"]
+__all__ = [
+    "DriftUpdate",
+    "MMDDrift",
+    "MMDResult",
+    "OnlineMMDDrift",
+    "OnlineResult",
+    "PropertyTest",
+    "SourceDriftMonitor",
+    "ks_property_tests",
+]

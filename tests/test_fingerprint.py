@@ -1,0 +1,142 @@
+"""Fingerprinter: each cause on controlled inputs, clean -> none, odd inputs, persistence."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from virk_exporter import corruptions, photos
+from virk_exporter.fingerprint import VOCABULARY, Fingerprinter, compute_properties
+
+N = 24  # frames per test window: enough for the KS tests, fast enough for CI
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return photos.camera_stream("astronaut", 64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fp(reference):
+    return Fingerprinter(reference)
+
+
+@pytest.fixture(scope="module")
+def window():
+    return photos.camera_stream("astronaut", N, seed=1)
+
+
+def test_clean_window_is_none(fp, window):
+    d = fp.diagnose(window)
+    assert d.top == "none"
+    assert [name for name, _ in d.causes] == sorted(d.scores, key=lambda c: -d.scores[c])
+    assert {name for name, _ in d.causes} == set(VOCABULARY) - {"none", "unknown"}
+
+
+# One corruption per sub-kind, at severity 4, on a controlled scene.
+@pytest.mark.parametrize("name", sorted(corruptions.CORRUPTIONS))
+def test_each_corruption_is_diagnosed_as_its_cause(fp, window, name):
+    corruption = corruptions.CORRUPTIONS[name]
+    d = fp.diagnose(corruptions.apply(name, window, 4, seed=11))
+    assert d.top == corruption.cause, (name, d.causes[:3])
+    top_evidence = [e for e in d.evidence if e.cause == d.top]
+    assert top_evidence, "the named cause must come with evidence"
+
+
+def test_subkinds_in_evidence(fp, window):
+    cases = {
+        "brightness_up": "over-exposure",
+        "brightness_down": "under-exposure",
+        "fog": "fog",
+        "translation": "translation",
+        "impulse_noise": "impulse",
+    }
+    for name, subkind in cases.items():
+        d = fp.diagnose(corruptions.apply(name, window, 4, seed=2))
+        assert subkind in d.subkind, (name, d.subkind)
+        assert any(subkind in e.subkind for e in d.evidence)
+
+
+def test_blur_evidence_names_sharpness_with_numbers(fp, window):
+    d = fp.diagnose(corruptions.apply("defocus_blur", window, 3, seed=0))
+    sharp = next(e for e in d.evidence if e.property == "sharpness")
+    assert sharp.cause == "blur" and sharp.current < sharp.reference
+    assert sharp.effect < 0 and 0 <= sharp.p_value < 1e-6
+
+
+def test_low_texture_scene_is_not_blur():
+    # A scene with almost no texture is "unsharp" in absolute terms; against its own
+    # reference it is clean, and real blur of it is still found.
+    scene = cv2.GaussianBlur(photos.fit(photos.load("chelsea"), (480, 640)), (0, 0), 6)
+    fp = Fingerprinter(photos.camera_stream(scene, 48, seed=0))
+    clean = photos.camera_stream(scene, N, seed=1)
+    assert fp.diagnose(clean).top == "none"
+    assert fp.diagnose(corruptions.apply("defocus_blur", clean, 5, seed=0)).top == "blur"
+
+
+def test_embedding_drift_without_property_change_is_unknown(fp, window):
+    assert fp.diagnose(window, embedding_drift=True).top == "unknown"
+    assert fp.diagnose(window, embedding_drift=False).top == "none"
+    # An explained drift stays explained.
+    assert fp.diagnose(corruptions.apply("fog", window, 3), embedding_drift=True).top == "weather"
+
+
+def test_precomputed_properties_give_the_same_answer(fp, window):
+    frames = corruptions.apply("jpeg", window, 3)
+    direct = fp.diagnose(frames)
+    plain = compute_properties(frames)  # no geometry: diagnose adds it from the frames
+    assert fp.diagnose(frames, properties=plain).top == direct.top == "compression"
+    full = fp.properties(frames)
+    assert fp.diagnose(properties=full).top == "compression"
+
+
+def test_state_round_trip_through_npz(fp, window, tmp_path):
+    state = fp.state()
+    assert all(isinstance(v, np.ndarray) for v in state.values())
+    np.savez(tmp_path / "ref.npz", **state)
+    with np.load(tmp_path / "ref.npz") as data:
+        restored = Fingerprinter.from_state(dict(data))
+    frames = corruptions.apply("translation", window, 3)
+    a, b = fp.diagnose(frames), restored.diagnose(frames)
+    assert a.top == b.top == "camera_shift"
+    assert a.causes == b.causes
+
+
+def test_to_dict_is_json(fp, window):
+    d = fp.diagnose(corruptions.apply("glare", window, 4))
+    payload = json.loads(json.dumps(d.to_dict()))
+    assert payload["top"] == "glare"
+    ev = payload["evidence"][0]
+    assert {"property", "reference", "current", "effect", "p_value", "q_value", "cause", "subkind"} <= set(ev)
+
+
+def test_odd_inputs(fp, window):
+    # BGR order, float frames, CHW torch tensors and grayscale frames are all readable.
+    torch = pytest.importorskip("torch")
+    bgr_fp = Fingerprinter(np.ascontiguousarray(window[..., ::-1]), color="bgr")
+    assert bgr_fp.diagnose(np.ascontiguousarray(window[..., ::-1])).top == "none"
+    assert fp.diagnose(window.astype(np.float32) / 255.0).top == "none"
+    assert fp.diagnose(torch.from_numpy(np.moveaxis(window, -1, 1).copy())).top == "none"
+    gray = fp.diagnose(window[..., 1])  # the colour vanished: that is a real change
+    assert gray.top in VOCABULARY and gray.top != "none"
+
+
+def test_other_frame_size_is_noted_and_still_diagnosed(fp, window):
+    small = np.stack([cv2.resize(f, (320, 240), interpolation=cv2.INTER_AREA) for f in window])
+    d = fp.diagnose(small)
+    assert any("frame size" in note for note in d.notes)
+    assert d.top in VOCABULARY
+
+
+def test_tiny_frames_single_frame_and_mixed_sources(fp, window):
+    tiny = np.random.default_rng(0).integers(0, 256, size=(4, 6, 5, 3), dtype=np.uint8)
+    assert Fingerprinter(np.repeat(tiny, 3, axis=0)).diagnose(tiny).top in VOCABULARY
+    assert fp.diagnose(window[:1]).top in VOCABULARY  # one frame: no frame_diff, no crash
+    mixed = np.concatenate([window[:12], photos.camera_stream("coffee", 12, seed=0)])
+    assert fp.diagnose(mixed).top not in ("none", "unknown")
+
+
+def test_too_few_reference_frames_raise(window):
+    with pytest.raises(ValueError):
+        Fingerprinter(window[:3])

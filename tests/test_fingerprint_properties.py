@@ -1,0 +1,130 @@
+"""Property and geometry values against hand-computed ones on small, controlled arrays."""
+
+import cv2
+import numpy as np
+import pytest
+
+from virk_exporter import photos
+from virk_exporter.fingerprint import GEOMETRY_NAMES, PROPERTY_NAMES, ReferenceView, compute_properties
+from virk_exporter.fingerprint.properties import compute_properties_and_smalls
+
+
+def flat(value, n=2, size=(48, 64)):
+    return np.full((n, *size, 3), value, np.uint8)
+
+
+def test_constant_frames():
+    p = compute_properties(flat(100))
+    assert set(p) == set(PROPERTY_NAMES)
+    assert all(v.shape == (2,) and v.dtype == np.float64 for v in p.values())
+    assert p["brightness"][0] == pytest.approx(100, abs=0.5)
+    assert p["contrast"][0] == pytest.approx(0, abs=1e-6)
+    assert p["noise"][0] == pytest.approx(0, abs=0.3)
+    assert p["cast_r"][0] == 0 and p["cast_b"][0] == 0
+    assert p["saturation"][0] == 0
+    assert p["haze"][0] == pytest.approx(100, abs=0.5)
+    assert p["highlights"][0] == 0 and p["shadows"][0] == 0
+    assert compute_properties(flat(255))["highlights"][0] == 1.0
+    assert compute_properties(flat(0))["shadows"][0] == 1.0
+
+
+def test_frame_diff_first_frame_and_previous():
+    frames = flat(100, n=3)
+    frames[1] += 10
+    p = compute_properties(frames)
+    assert np.isnan(p["frame_diff"][0])  # no predecessor in this batch
+    assert p["frame_diff"][1] == pytest.approx(10, abs=0.6)
+    assert p["frame_diff"][2] == pytest.approx(10, abs=0.6)
+    with_previous = compute_properties(frames, previous=flat(100, n=1)[0])
+    assert with_previous["frame_diff"][0] == pytest.approx(0, abs=1e-6)
+
+
+def test_noise_estimate_recovers_known_sigma_despite_texture():
+    rng = np.random.default_rng(0)
+    scene = photos.fit(photos.load("coffee"), (480, 640)).astype(np.float32)
+    for sigma in (3.0, 8.0):
+        noisy = np.clip(scene + rng.normal(0, sigma, scene.shape), 0, 255).astype(np.uint8)
+        assert compute_properties(noisy[None])["noise"][0] == pytest.approx(sigma, rel=0.25)
+
+
+def test_colour_cast_is_log_ratio_of_channel_spreads():
+    rng = np.random.default_rng(1)
+    gray = rng.integers(40, 200, size=(1, 120, 160, 1)).astype(np.float32)
+    frame = np.concatenate([gray * 1.2, gray, gray], axis=-1).clip(0, 255).astype(np.uint8)
+    p = compute_properties(frame)
+    assert p["cast_r"][0] == pytest.approx(np.log(1.2), abs=0.03)
+    assert p["cast_b"][0] == pytest.approx(0.0, abs=0.01)
+
+
+def test_blockiness_sees_an_8_pixel_grid_but_not_a_4_pixel_one():
+    rng = np.random.default_rng(2)
+    fine = rng.normal(128, 3, size=(1, 64, 128, 3))
+    grid8 = fine + np.repeat(rng.normal(0, 20, size=(1, 64, 16, 3)), 8, axis=2)
+    grid4 = fine + np.repeat(rng.normal(0, 20, size=(1, 64, 32, 3)), 4, axis=2)
+    b8 = compute_properties(grid8.clip(0, 255).astype(np.uint8))["blockiness"][0]
+    b4 = compute_properties(grid4.clip(0, 255).astype(np.uint8))["blockiness"][0]
+    b0 = compute_properties(fine.clip(0, 255).astype(np.uint8))["blockiness"][0]
+    assert b8 > 1.0 and b4 < 0.3 and b0 < 0.3
+
+
+def test_flat_pairs_counts_equal_neighbours_in_nearest_upscaled_frames():
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
+    upscaled = cv2.resize(small, (160, 120), interpolation=cv2.INTER_NEAREST)[None]
+    p = compute_properties(upscaled)
+    assert p["flat_pairs"][0] == pytest.approx(0.5, abs=0.1)  # every other pair is inside a block
+    assert compute_properties(cv2.resize(small, (160, 120), interpolation=cv2.INTER_LINEAR)[None])["flat_pairs"][0] < 0.15
+
+
+def test_geometry_measures_a_known_shift_and_rotation():
+    ref = photos.camera_stream("astronaut", 8, seed=0)
+    _, smalls = compute_properties_and_smalls(ref)
+    view = ReferenceView.from_smalls(smalls, ref.shape[1:3])
+    moved = np.stack([cv2.warpAffine(f, np.float32([[1, 0, 12], [0, 1, -9]]), (640, 480), borderMode=cv2.BORDER_REFLECT101) for f in ref[:3]])
+    p = compute_properties(moved, reference=view)
+    assert set(GEOMETRY_NAMES) <= set(p)
+    assert np.median(p["shift_px"]) == pytest.approx(15.0, abs=1.5)  # hypot(12, 9)
+    assert abs(np.median(p["rotation"])) < 0.3
+    rot = cv2.getRotationMatrix2D((320, 240), 4.0, 1.0)
+    turned = np.stack([cv2.warpAffine(f, rot, (640, 480), borderMode=cv2.BORDER_REFLECT101) for f in ref[:3]])
+    assert abs(np.median(compute_properties(turned, reference=view)["rotation"])) > 2.0
+    same = compute_properties(ref[:3], reference=view)
+    assert np.all(same["shift_px"] < 1.0) and np.all(same["match"] > 0.5)
+
+
+def test_occlusion_residual_is_local_and_ignores_global_gain():
+    ref = photos.camera_stream("coffee", 8, seed=0)
+    _, smalls = compute_properties_and_smalls(ref)
+    view = ReferenceView.from_smalls(smalls, ref.shape[1:3])
+    brighter = np.clip(ref[:2].astype(np.float32) * 1.1, 0, 255).astype(np.uint8)
+    blocked = ref[:2].copy()
+    blocked[:, 100:220, 300:420] = 20
+    g_bright = compute_properties(brighter, reference=view)
+    g_block = compute_properties(blocked, reference=view)
+    assert np.all(g_block["local_dark"] > 40)
+    assert np.all(g_bright["local_dark"] < 15) and np.all(g_bright["local_bright"] < 15)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 3), (2, 7, 5, 3), (3, 9, 300, 3), (1, 2000, 12, 3)])
+def test_tiny_and_odd_sizes_give_finite_values(shape):
+    frames = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    p = compute_properties(frames)
+    for name, values in p.items():
+        assert values.shape == (shape[0],)
+        if name != "frame_diff":
+            assert np.all(np.isfinite(values)), name
+
+
+def test_layouts_gray_bgr_float_chw_agree():
+    rgb = photos.camera_stream("rocket", 2, size=(60, 80), seed=0)
+    base = compute_properties(rgb)
+    variants = [
+        compute_properties(np.ascontiguousarray(rgb[..., ::-1]), color="bgr"),
+        compute_properties(rgb.astype(np.float32) / 255.0),
+        compute_properties(np.moveaxis(rgb, -1, 1)),
+    ]
+    for other in variants:
+        for name in PROPERTY_NAMES:
+            np.testing.assert_allclose(other[name], base[name], atol=1e-6, equal_nan=True)
+    gray = compute_properties(rgb[..., 1])  # (N, H, W) grayscale
+    assert gray["cast_r"][0] == 0 and gray["saturation"][0] == 0

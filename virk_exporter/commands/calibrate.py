@@ -1,0 +1,104 @@
+"""``virk-exporter calibrate``: false-alarm rate on held-out clean frames, and recommended settings."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from virk_exporter.calibration import CalibrationReport, calibrate as run_calibration
+from virk_exporter.embed import embedder_from_id
+from virk_exporter.reference import Reference, read_frames
+
+
+@click.command("calibrate")
+@click.option("--reference", "reference_path", required=True, type=click.Path(exists=True, dir_okay=False), help="The .virkref the exporter will use.")
+@click.option("--frames", "frames_path", required=True, type=click.Path(exists=True), help="Clean frames NOT used to build the reference (directory or video), in stream order.")
+@click.option("--window", default=64, show_default=True, type=click.IntRange(min=2))
+@click.option("--test-every", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--n-permutations", default=200, show_default=True, type=click.IntRange(min=1))
+@click.option("--target", default=0.01, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Acceptable false alarms per test.")
+@click.option("--every", default=1, show_default=True, type=click.IntRange(min=1), help="Keep one frame in N, as the exporter's sampling would.")
+@click.option("--device", default=None, help="Torch device (default: CUDA when available, else CPU).")
+@click.option("--seed", default=0, show_default=True)
+def calibrate(
+    reference_path: str,
+    frames_path: str,
+    window: int,
+    test_every: int,
+    n_permutations: int,
+    target: float,
+    every: int,
+    device: str | None,
+    seed: int,
+) -> None:
+    """Replay the drift tests over held-out clean FRAMES and print recommended settings."""
+    console = Console()
+    ref = Reference.load(reference_path)
+    try:
+        embedder = embedder_from_id(ref.embedder_id, device=device)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    by_source: dict[str, list[np.ndarray]] = defaultdict(list)
+    batch: list[tuple[str, np.ndarray]] = []
+
+    def flush() -> None:
+        for name in {s for s, _ in batch}:
+            frames = np.stack([f for s, f in batch if s == name])
+            by_source[name].append(embedder.embed(frames))
+        batch.clear()
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console) as bar:
+        task = bar.add_task("embedding held-out frames", total=None)
+        for source, frame in read_frames(frames_path, every=every):
+            batch.append((source, frame))
+            if len(batch) >= 64:
+                flush()
+                bar.advance(task, 64)
+        n_last = len(batch)
+        flush()
+        bar.advance(task, n_last)
+        reports: dict[str, CalibrationReport] = {}
+        for name, parts in by_source.items():
+            target_source = name if name in ref.sources else (next(iter(ref.sources)) if len(ref.sources) == 1 else None)
+            if target_source is None:
+                raise click.ClickException(f"held-out source {name!r} is not in the reference ({', '.join(ref.sources)})")
+            heldout = np.concatenate(parts)
+            n_tests = max(0, (len(heldout) - window) // test_every + 1)
+            t = bar.add_task(f"testing {name}", total=n_tests)
+            try:
+                reports[name] = run_calibration(
+                    ref[target_source].embeddings, heldout, window=window, test_every=test_every,
+                    n_permutations=n_permutations, target=target, seed=seed, device=device,
+                    progress=lambda n, t=t: bar.advance(t, n),
+                )
+            except ValueError as exc:
+                raise click.ClickException(f"{name}: {exc}") from exc
+    for name, report in reports.items():
+        print_report(console, name, report)
+
+
+def print_report(console: Console, name: str, report: CalibrationReport) -> None:
+    table = Table(title=f"source {name}: {report.n_heldout} held-out frames, {len(report.p_values)} tests "
+                        f"(window {report.window}, every {report.test_every}) vs {report.n_reference} reference frames")
+    for col in ("p_val", "hysteresis", "false alarms", "rate", "95% upper"):
+        table.add_column(col, justify="right")
+    for s in report.settings:
+        mark = " ←" if s == report.recommended else ""
+        table.add_row(f"{s.p_val:g}", str(s.hysteresis), f"{s.alarms}/{s.tests}", f"{s.rate:.2%}", f"{s.upper95:.2%}{mark}")
+    console.print(table)
+    if report.recommended is None:
+        console.print(f"[red]no setting keeps false alarms under {report.target:.1%}[/]")
+    else:
+        r = report.recommended
+        console.print(
+            f"recommended: p_val={r.p_val:g} hysteresis={r.hysteresis} window={report.window} "
+            f"test_every={report.test_every} n_permutations={report.n_permutations} "
+            f"(measured false alarms {r.rate:.2%}, 95% upper bound {r.upper95:.2%})"
+        )
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}")

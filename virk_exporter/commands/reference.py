@@ -1,0 +1,62 @@
+"""``virk-exporter reference build``: embed reference frames and save a ``.virkref``."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+
+from virk_exporter.embed import RandomConvEncoder
+from virk_exporter.reference import build_reference_pairs, count_frames, read_frames
+
+
+@click.group("reference")
+def reference() -> None:
+    """Build and inspect saved references (.virkref)."""
+
+
+@reference.command("build")
+@click.option("--frames", "frames_path", required=True, type=click.Path(exists=True), help="A directory of images (sub-directories = sources) or a video file.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Where to write the .virkref.")
+@click.option("--every", default=1, show_default=True, type=click.IntRange(min=1), help="Keep one frame in N (video frames are near-duplicates).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the default random-conv encoder.")
+@click.option("--device", default=None, help="Torch device (default: CUDA when available, else CPU).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def build(frames_path: str, out: str, every: int, seed: int, device: str | None, progress: bool) -> None:
+    """Embed FRAMES with the default encoder and save the reference to OUT."""
+    console = Console(stderr=True)
+    encoder = RandomConvEncoder(seed=seed, device=device)
+    total = count_frames(frames_path)
+    try:
+        ref = build_reference_pairs(
+            read_frames(frames_path, every=every),
+            encoder,
+            progress=progress,
+            total=None if total is None else -(-total // every),
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    path = ref.save(out)
+    for name, src in ref.sources.items():
+        console.print(f"source [bold]{name}[/]: {src.n_frames} frames, {src.embeddings.shape[1]}-d embeddings")
+    console.print(f"wrote {path} (embedder {ref.embedder_id})")
+
+
+
+@reference.command("show")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+def show(path: str) -> None:
+    """Print what a .virkref holds: embedder, sources, frame counts."""
+    from virk_exporter.reference import Reference
+
+    console = Console()
+    try:
+        ref = Reference.load(path)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    console.print(f"{path}: embedder {ref.embedder_id} ({ref.dim}-d), created {ref.created or 'unknown'}")
+    for name, src in ref.sources.items():
+        fp = "yes" if src.fingerprint_state is not None else "no"
+        console.print(
+            f"  source [bold]{name}[/]: {src.n_frames} frames {src.frame_shape}, "
+            f"{len(src.properties)} properties, fingerprinter state: {fp}, {len(src.thumbnails)} thumbnails"
+        )

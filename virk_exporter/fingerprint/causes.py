@@ -1,0 +1,356 @@
+"""Name the root cause of a drift, with evidence.
+
+Every property of the current window is KS-tested against the same source's reference
+(``virk_exporter.drift.ks``, Benjamini-Hochberg corrected). Each cause then scores the
+evidence with its *signature*: the properties it must move, in which direction, and the
+properties that would point to a more specific cause instead (a fog also brightens, but
+brightening with falling contrast is fog, not exposure). Strengths are ``log1p`` of the
+robust effect size (median shift in units of the reference's own spread), so one enormous
+effect cannot drown the rest, and a few physical gates (pixels, gray levels) keep
+statistically significant but physically negligible changes from naming a cause.
+
+The signatures and gates were tuned on the ``photos.TUNE`` photographs only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from virk_exporter.drift.ks import PropertyTest, ks_property_tests
+from virk_exporter.fingerprint.geometry import GEOMETRY_NAMES, ReferenceView, compute_geometry
+from virk_exporter.fingerprint.properties import (
+    PROPERTY_NAMES,
+    compute_properties_and_smalls,
+    small_gray,
+    to_frames,
+)
+from virk_exporter.frames import ColorOrder
+
+CAUSES: tuple[str, ...] = (
+    "blur",
+    "noise",
+    "brightness",
+    "contrast",
+    "color_shift",
+    "weather",
+    "glare",
+    "compression",
+    "resolution",
+    "camera_shift",
+    "occlusion",
+    "frozen",
+)
+VOCABULARY: tuple[str, ...] = CAUSES + ("none", "unknown")
+
+MIN_SCORE = 1.0  # a cause must reach this to be named; below it the window is "none"
+# Physical gates: a change must be significant *and* this large to name a cause. Strong blur
+# wobbles the phase correlation by ~1.5 px / 0.4 deg and leaves ~25-level cell residuals
+# (zoom blur), exposure clipping bends channel ratios by a few percent.
+MIN_SHIFT_PX = 2.5  # camera translation, in reference-frame pixels
+MIN_ROTATION = 0.45  # degrees
+MIN_LOCAL_LEVELS = 25.0  # gray levels a grid cell must move beyond the global gain/offset fit
+MIN_BRIGHTNESS_LEVELS = 8.0  # change of mean gray level for an exposure change
+MIN_CAST = 0.04  # change of log channel-spread ratio (about a 4% white-balance gain)
+CAST_UNIT = 0.01  # colour-shift strength: log1p(change / CAST_UNIT)
+IMPULSE_UNIT = 0.0005  # impulse-noise strength: log1p(share of impulse pixels / IMPULSE_UNIT)
+FROZEN_FRACTION = 0.1  # share of exactly repeated frames that makes a feed frozen
+STATE_PREFIX = "fingerprint/"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    property: str
+    reference: float  # reference median
+    current: float  # current window median
+    effect: float  # robust effect size: median shift / reference spread
+    p_value: float
+    q_value: float
+    cause: str  # the cause this property supports ("" when it supports none)
+    subkind: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    causes: list[tuple[str, float]]  # every cause with its score, best first
+    top: str  # a cause, "none" or "unknown"
+    evidence: list[Evidence] = field(default_factory=list)
+    subkind: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def scores(self) -> dict[str, float]:
+        return dict(self.causes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "top": self.top,
+            "subkind": self.subkind,
+            "causes": [[name, float(score)] for name, score in self.causes],
+            "evidence": [e.to_dict() for e in self.evidence],
+            "notes": list(self.notes),
+        }
+
+
+class _Effects:
+    """Signed strengths and physical deltas of the tested properties."""
+
+    def __init__(self, tests: list[PropertyTest]):
+        self.tests = {t.name: t for t in tests}
+
+    def s(self, name: str, sign: float = 1.0) -> float:
+        """log1p of the effect in the direction ``sign``; 0 when not significant."""
+        t = self.tests.get(name)
+        if t is None or not t.significant:
+            return 0.0
+        return float(np.log1p(max(sign * t.effect, 0.0)))
+
+    def a(self, name: str) -> float:
+        """log1p of the absolute effect; 0 when not significant."""
+        return max(self.s(name, 1.0), self.s(name, -1.0))
+
+    def d(self, name: str) -> float:
+        """Physical change of the median (current - reference)."""
+        t = self.tests.get(name)
+        return 0.0 if t is None else t.current - t.reference
+
+
+Rule = Callable[[_Effects, dict[str, np.ndarray]], tuple[float, str, tuple[str, ...]]]
+
+
+def _frozen(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
+    diffs = cur.get("frame_diff", np.empty(0))
+    diffs = diffs[np.isfinite(diffs)]
+    repeated = float(np.mean(diffs <= 1e-6)) if diffs.size else 0.0
+    # Identical consecutive frames never happen on a live sensor: decisive evidence.
+    return (10.0 + 10.0 * repeated if repeated >= FROZEN_FRACTION else 0.0), f"{repeated:.0%} repeated frames", ("frame_diff",)
+
+
+def _camera_shift(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
+    shift = e.s("shift_px") if e.d("shift_px") >= MIN_SHIFT_PX else 0.0
+    rot = e.a("rotation") if abs(e.d("rotation")) >= MIN_ROTATION else 0.0
+    if shift == 0.0 and rot == 0.0:
+        return 0.0, "", ()
+    if shift >= rot:
+        return shift + 3.0, f"translation {e.d('shift_px'):.1f} px", ("shift_px", "match")
+    return rot + 3.0, f"rotation {e.d('rotation'):+.2f} deg (under-read)", ("rotation", "match")
+
+
+def _glare(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
+    local = e.d("local_bright")
+    if local < max(MIN_LOCAL_LEVELS, 1.5 * abs(e.d("brightness")), e.d("local_dark")):
+        return 0.0, "", ()
+    return e.s("local_bright") + 2.0, f"bright region +{local:.0f} levels", ("local_bright", "highlights", "brightness")
+
+
+def _occlusion(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
+    local = e.d("local_dark")
+    if local < max(MIN_LOCAL_LEVELS, 1.5 * abs(e.d("brightness")), e.d("local_bright")):
+        return 0.0, "", ()
+    # A global blur also leaves local residuals (zoom blur smears the periphery): discount.
+    score = max(e.s("local_dark"), e.s("local_flat")) - e.s("sharpness", -1) + 1.0
+    return score, f"region darker by {local:.0f} levels", ("local_dark", "local_flat")
+
+
+def _compression(e, cur):
+    return e.s("blockiness") + 1.0 * (e.s("blockiness") > 0), "jpeg", ("blockiness", "noise")
+
+
+def _resolution(e, cur):
+    # Noise and rain streaks also make textured spans with equal neighbours, far less often.
+    weather_like = min(e.s("haze"), e.s("brightness"))
+    return e.s("flat_pairs") - e.s("noise") - weather_like, "pixelation", ("flat_pairs", "sharpness")
+
+
+def _noise(e, cur):
+    sensor, specks = e.s("noise"), min(e.s("specks_bright"), e.s("specks_dark"))
+    weather_like = min(e.s("haze"), e.s("brightness"))  # rain/snow also add specks
+    # Salt-and-pepper saturates isolated pixels while barely moving the robust sigma; heavy
+    # Gaussian noise clips some pixels too, but along with a large sigma.
+    # A clean reference has almost no impulses, so its spread is ~0 and the robust effect size
+    # explodes for a handful; the physical share of impulse pixels is the strength instead.
+    impulses = e.d("impulses") if e.s("impulses") > 0 else 0.0
+    kind = "impulse" if impulses >= max(0.002, 0.01 * e.d("noise")) else "gaussian/shot"
+    score = max(sensor, specks, float(np.log1p(max(impulses, 0.0) / IMPULSE_UNIT))) - weather_like
+    return score, kind, ("noise", "impulses", "specks_bright", "specks_dark")
+
+
+def _weather(e, cur):
+    # Airlight: brighter, hazier (dark channel up), without the contrast gain of exposure.
+    score = min(e.s("haze"), e.s("brightness")) - e.s("contrast")
+    specks = e.s("specks_bright")
+    if specks > 1.0:
+        kind = "rain" if e.s("specks_dark") > 0.6 * specks else "snow"
+    else:
+        kind = "fog"
+    return score + 0.5 * specks, kind, ("haze", "brightness", "contrast", "specks_bright", "saturation")
+
+
+def _color_shift(e, cur):
+    # The reference spread of a channel ratio is tiny, so the robust effect size is huge for
+    # any change; the physical size of the change is the better strength.
+    change = max(abs(e.d("cast_r")) * (e.a("cast_r") > 0), abs(e.d("cast_b")) * (e.a("cast_b") > 0))
+    if change < MIN_CAST:
+        return 0.0, "", ()
+    return float(np.log1p(change / CAST_UNIT)), "white balance", ("cast_r", "cast_b", "saturation")
+
+
+def _brightness(e, cur):
+    if abs(e.d("brightness")) < MIN_BRIGHTNESS_LEVELS:
+        return 0.0, "", ()
+    sign = 1.0 if e.d("brightness") >= 0 else -1.0
+    # Exposure scales contrast with brightness; clipping is exposure's signature too.
+    score = min(e.s("brightness", sign), max(e.s("contrast", sign), e.s("highlights" if sign > 0 else "shadows")))
+    return score, "over-exposure" if sign > 0 else "under-exposure", ("brightness", "contrast", "highlights", "shadows")
+
+
+def _contrast(e, cur):
+    sign = 1.0 if e.d("contrast") >= 0 else -1.0
+    return e.s("contrast", sign) - e.a("brightness"), "higher" if sign > 0 else "lower", ("contrast", "haze")
+
+
+def _blur(e, cur):
+    score = e.s("sharpness", -1) - e.s("noise")
+    if e.s("sharp_center") > 0.5 * e.s("sharpness", -1):
+        kind = "zoom"
+    elif max(e.a("aniso_c"), e.a("aniso_s")) > 0.6 * e.s("sharpness", -1):
+        kind = "motion"
+    else:
+        kind = "defocus"
+    return score, kind, ("sharpness", "sharp_center", "aniso_c", "aniso_s", "noise")
+
+
+RULES: dict[str, Rule] = {
+    "blur": _blur,
+    "noise": _noise,
+    "brightness": _brightness,
+    "contrast": _contrast,
+    "color_shift": _color_shift,
+    "weather": _weather,
+    "glare": _glare,
+    "compression": _compression,
+    "resolution": _resolution,
+    "camera_shift": _camera_shift,
+    "occlusion": _occlusion,
+    "frozen": _frozen,
+}
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    return values[np.isfinite(values)]
+
+
+class Fingerprinter:
+    """Diagnoses why frames from one source drifted from that source's reference frames."""
+
+    def __init__(self, reference_frames: Any, color: ColorOrder = "rgb", alpha: float = 0.01):
+        self.color = color
+        self.alpha = alpha
+        if reference_frames is None:  # from_state fills the rest
+            return
+        frames = to_frames(reference_frames, color)
+        if len(frames) < 8:
+            raise ValueError(f"need at least 8 reference frames, got {len(frames)}")
+        props, smalls = compute_properties_and_smalls(frames)
+        self.reference_view = ReferenceView.from_smalls(smalls, frames.shape[1:3])
+        props.update(compute_geometry(smalls, self.reference_view))
+        self.reference_properties = {k: _finite(v) for k, v in props.items()}
+
+    # --- persistence ---------------------------------------------------------------------
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Plain arrays (for an .npz): reference properties and the small reference view."""
+        out = {f"{STATE_PREFIX}prop/{k}": v for k, v in self.reference_properties.items()}
+        out.update({f"{STATE_PREFIX}view/{k}": v for k, v in self.reference_view.state().items()})
+        out[f"{STATE_PREFIX}alpha"] = np.asarray(self.alpha)
+        return out
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray], color: ColorOrder = "rgb") -> "Fingerprinter":
+        fp = cls(None, color=color, alpha=float(state.get(f"{STATE_PREFIX}alpha", 0.01)))
+        prop, view = f"{STATE_PREFIX}prop/", f"{STATE_PREFIX}view/"
+        fp.reference_properties = {k[len(prop) :]: np.asarray(v, np.float64) for k, v in state.items() if k.startswith(prop)}
+        fp.reference_view = ReferenceView.from_state({k[len(view) :]: v for k, v in state.items() if k.startswith(view)})
+        return fp
+
+    # --- diagnosis ----------------------------------------------------------------------
+
+    def properties(self, frames: Any, previous: Any = None) -> dict[str, np.ndarray]:
+        """All properties (image + geometry against this reference) for ``frames``."""
+        props, _ = compute_properties_and_smalls(frames, previous=previous, reference=self.reference_view, color=self.color)
+        return props
+
+    def diagnose(
+        self,
+        frames: Any = None,
+        *,
+        properties: dict[str, np.ndarray] | None = None,
+        embedding_drift: bool | None = None,
+    ) -> Diagnosis:
+        """Rank the causes for a window of frames (or their precomputed properties).
+
+        ``properties`` (from :func:`compute_properties` or :meth:`properties`) saves the work
+        when the caller already has them; geometry is added from ``frames`` if it is missing.
+        ``embedding_drift=True`` turns an unexplained window into ``unknown``.
+        """
+        notes: list[str] = []
+        if properties is None and frames is None:
+            raise ValueError("diagnose needs frames or properties")
+        rgb = to_frames(frames, self.color) if frames is not None else None
+        if rgb is not None:
+            ref_hw = tuple(int(x) for x in self.reference_view.frame_size)
+            if rgb.shape[1:3] != ref_hw:
+                notes.append(f"frame size {rgb.shape[2]}x{rgb.shape[1]} differs from the reference's {ref_hw[1]}x{ref_hw[0]}")
+        if properties is None:
+            current = self.properties(rgb)
+        else:
+            current = dict(properties)
+            if rgb is not None and not all(k in current for k in GEOMETRY_NAMES):
+                smalls = np.stack([small_gray(f) for f in rgb])
+                current.update(compute_geometry(smalls, self.reference_view))
+        current = {k: np.asarray(v, np.float64) for k, v in current.items()}
+        tests = ks_property_tests(
+            self.reference_properties,
+            {k: _finite(v) for k, v in current.items() if k in self.reference_properties},
+            alpha=self.alpha,
+        )
+        effects = _Effects(tests)
+        ranked, details = [], {}
+        for cause, rule in RULES.items():
+            score, subkind, used = rule(effects, current)
+            details[cause] = (subkind, used)
+            ranked.append((cause, round(max(float(score), 0.0), 4)))
+        ranked.sort(key=lambda cs: -cs[1])
+        best, best_score = ranked[0]
+        if best_score >= MIN_SCORE:
+            top, subkind = best, details[best][0]
+        else:
+            top, subkind = ("unknown" if embedding_drift else "none"), ""
+            if embedding_drift:
+                notes.append("embedding drift is significant but no image property explains it")
+        used_by_top = set(details[top][1]) if top in details else set()
+        evidence = [
+            Evidence(
+                property=t.name,
+                reference=t.reference,
+                current=t.current,
+                effect=t.effect,
+                p_value=t.p_value,
+                q_value=t.q_value,
+                cause=top if t.name in used_by_top else "",
+                subkind=subkind if t.name in used_by_top else "",
+            )
+            for t in tests
+            if t.significant or t.name in used_by_top
+        ]
+        evidence.sort(key=lambda ev: (ev.cause != top, ev.q_value))
+        return Diagnosis(causes=ranked, top=top, evidence=evidence, subkind=subkind, notes=notes)
+
+
+__all__ = ["CAUSES", "VOCABULARY", "Diagnosis", "Evidence", "Fingerprinter", "PROPERTY_NAMES", "GEOMETRY_NAMES"]

@@ -1,0 +1,148 @@
+"""Camera geometry against the source's reference view, and occlusion.
+
+Both work on the 160x120 gray views from ``properties.py``.
+
+* Camera shift: phase correlation of each image quadrant against the same quadrant of the
+  reference view gives four displacement vectors; a least-squares similarity fit turns them
+  into translation, rotation and zoom (a bump moves all quadrants alike; a rotation moves
+  them tangentially; a zoom radially).
+* Occlusion: after undoing the translation, the view is cut into an 8x6 grid of cells. The
+  cells' means are fitted to the reference cells' means by one gain and offset (which absorbs
+  any global exposure or contrast change); a cell that stays far from the fit after that, or
+  that lost its texture while the others did not, is a region that stopped looking like the
+  reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from virk_exporter.fingerprint.properties import SMALL
+
+GRID = (6, 8)  # cells (rows, cols) on the 120x160 view: 20x20 pixels each
+
+GEOMETRY_NAMES: tuple[str, ...] = (
+    "shift_px",  # translation magnitude, in reference-frame pixels
+    "rotation",  # degrees (sign: image coordinates)
+    "zoom",  # log scale factor
+    "match",  # mean phase-correlation peak response (1 = identical view)
+    "local_bright",  # largest cell brightening left after a global gain/offset fit (gray levels)
+    "local_dark",  # largest cell darkening left after that fit
+    "local_flat",  # largest cell loss of texture, log std, relative to the median cell's change
+)
+
+
+@dataclass(frozen=True)
+class ReferenceView:
+    """What geometry needs from the reference: kept in the reference file as plain arrays."""
+
+    view: np.ndarray  # (120, 160) float32 mean gray view of the reference frames
+    cell_mean: np.ndarray  # (6, 8) median over reference frames of cell means
+    cell_std: np.ndarray  # (6, 8) median over reference frames of cell stds
+    frame_size: np.ndarray  # (2,) reference frame (height, width)
+
+    @classmethod
+    def from_smalls(cls, smalls: np.ndarray, frame_size: tuple[int, int]) -> "ReferenceView":
+        means, stds = _cells(smalls)
+        return cls(
+            view=smalls.mean(axis=0).astype(np.float32),
+            cell_mean=np.median(means, axis=0),
+            cell_std=np.median(stds, axis=0),
+            frame_size=np.asarray(frame_size, dtype=np.int64),
+        )
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"view": self.view, "cell_mean": self.cell_mean, "cell_std": self.cell_std, "frame_size": self.frame_size}
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray]) -> "ReferenceView":
+        return cls(
+            view=np.asarray(state["view"], np.float32),
+            cell_mean=np.asarray(state["cell_mean"], np.float64),
+            cell_std=np.asarray(state["cell_std"], np.float64),
+            frame_size=np.asarray(state["frame_size"], np.int64),
+        )
+
+
+def _cells(smalls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell mean and std for views (N, 120, 160), vectorized over frames."""
+    n = len(smalls)
+    gh, gw = GRID
+    blocks = np.asarray(smalls, np.float32).reshape(n, gh, SMALL[1] // gh, gw, SMALL[0] // gw)
+    mean = blocks.mean(axis=(2, 4), dtype=np.float64)
+    std = np.sqrt(np.maximum(np.square(blocks).mean(axis=(2, 4), dtype=np.float64) - mean**2, 0.0))
+    return mean, std
+
+
+# Phase correlation runs on the view halved again (80x60): four 40x30 quadrants are 4x
+# cheaper than at 160x120 and still resolve the smallest bump we care about (about 2 px at 640).
+PC_SIZE = (SMALL[0] // 2, SMALL[1] // 2)
+_QH, _QW = PC_SIZE[1] // 2, PC_SIZE[0] // 2
+_WINDOW = cv2.createHanningWindow((_QW, _QH), cv2.CV_32F)
+# Quadrant centres relative to the view centre, in small-view pixels.
+_CENTRES = np.array([[-_QW / 2, -_QH / 2], [_QW / 2, -_QH / 2], [-_QW / 2, _QH / 2], [_QW / 2, _QH / 2]]) * (SMALL[0] / PC_SIZE[0])
+_QUADRANTS = [(slice(0, _QH), slice(0, _QW)), (slice(0, _QH), slice(_QW, None)), (slice(_QH, None), slice(0, _QW)), (slice(_QH, None), slice(_QW, None))]
+
+
+def compute_geometry(smalls: np.ndarray, reference: ReferenceView) -> dict[str, np.ndarray]:
+    """Geometry properties (GEOMETRY_NAMES), one value per view in ``smalls`` (N, 120, 160)."""
+    n = len(smalls)
+    shifts = np.empty((n, 4, 2))
+    responses = np.empty((n, 4))
+    ref_half = cv2.resize(reference.view, PC_SIZE, interpolation=cv2.INTER_AREA)
+    ref_quadrants = [np.ascontiguousarray(ref_half[q]) for q in _QUADRANTS]
+    for i in range(n):
+        half = cv2.resize(smalls[i], PC_SIZE, interpolation=cv2.INTER_AREA)
+        for k, q in enumerate(_QUADRANTS):
+            # Copies: OpenCV 5's phaseCorrelate multiplies its inputs by the window in place.
+            (dx, dy), resp = cv2.phaseCorrelate(ref_quadrants[k].copy(), np.ascontiguousarray(half[q]), _WINDOW)
+            shifts[i, k] = (dx, dy)
+            responses[i, k] = resp
+    shifts *= SMALL[0] / PC_SIZE[0]  # back to small-view pixels
+    # Similarity fit d_k = t + rot * perp(r_k) + zoom * r_k; the centres sum to zero.
+    t = shifts.mean(axis=1)
+    rel = shifts - t[:, None, :]
+    r2 = float((_CENTRES**2).sum())
+    rot = (_CENTRES[None, :, 0] * rel[..., 1] - _CENTRES[None, :, 1] * rel[..., 0]).sum(axis=1) / r2
+    zoom = (_CENTRES[None, :, 0] * rel[..., 0] + _CENTRES[None, :, 1] * rel[..., 1]).sum(axis=1) / r2
+    scale = float(reference.frame_size[1]) / SMALL[0]
+
+    aligned = np.empty_like(smalls)
+    for i in range(n):  # undo the translation so a camera bump is not read as occlusion
+        m = np.array([[1, 0, -t[i, 0]], [0, 1, -t[i, 1]]], np.float32)
+        aligned[i] = cv2.warpAffine(smalls[i], m, SMALL, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    means, stds = _cells(aligned)
+    residual = _robust_affine_residual(reference.cell_mean.ravel(), means.reshape(n, -1))
+    log_std = np.log((stds.reshape(n, -1) + 2.0) / (reference.cell_std.ravel() + 2.0))
+    log_std -= np.median(log_std, axis=1, keepdims=True)
+    return {
+        "shift_px": np.hypot(t[:, 0], t[:, 1]) * scale,
+        "rotation": np.degrees(rot),
+        "zoom": zoom,
+        "match": responses.mean(axis=1),
+        "local_bright": residual.max(axis=1),
+        "local_dark": (-residual).max(axis=1),
+        "local_flat": (-log_std).max(axis=1),
+    }
+
+
+def _robust_affine_residual(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """Residuals of cur[i] ~ a_i * ref + b_i, fitted twice: the second fit ignores the quarter
+    of cells that fitted worst, so an occluder does not drag the fit towards itself."""
+    n, m = cur.shape
+    keep = np.ones((n, m), dtype=bool)
+    for _ in range(2):
+        w = keep.astype(np.float64)
+        sw = w.sum(axis=1, keepdims=True)
+        mx = (w * ref).sum(axis=1, keepdims=True) / sw
+        my = (w * cur).sum(axis=1, keepdims=True) / sw
+        cov = (w * (ref - mx) * (cur - my)).sum(axis=1, keepdims=True)
+        var = (w * (ref - mx) ** 2).sum(axis=1, keepdims=True) + 1e-6
+        a = cov / var
+        residual = cur - (my + a * (ref - mx))
+        cutoff = np.quantile(np.abs(residual), 0.75, axis=1, keepdims=True)
+        keep = np.abs(residual) <= cutoff
+    return residual

@@ -1,0 +1,412 @@
+"""Incident bundles: one zip per alert firing, built with deterministic bytes and read safely.
+
+Layout (DESIGN.md)::
+
+    manifest.json        schema, alert, model, sources, frames (trace ids), drift timeline,
+                         diagnosis, config, package versions, sha256 of every other file
+    manifest.sha256      sha256 of manifest.json, so a corrupted manifest fails verify too
+    frames/NNNNN.jpg     the recorder's frames, as recorded (JPEG or PNG)
+    reference/NNN.png    reference samples (lossless)
+    reference/reference.virkref   the saved reference, when the exporter has one
+    embeddings.npz       named embedding arrays ("reference", "window/<source>", ...)
+    report.html          self-contained report
+    replay.py            `python replay.py --predict module:function`
+
+Determinism: entries sorted, fixed timestamps and permissions, JSON with sorted keys, an
+npz written entry by entry (numpy's own savez stamps the current time). Reading never touches
+the filesystem and refuses absolute paths, ``..``, links, duplicates and oversized entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import platform
+import re
+import stat
+import threading
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from virk_exporter.incidents.report import render_report
+from virk_exporter.incidents.webhook import Alert
+from virk_exporter.recorder import RecordedFrame
+
+SCHEMA = "virk-bundle/1"
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+MAX_ENTRY_BYTES = 1 << 30  # refuse zip bombs: no single entry over 1 GiB ...
+MAX_TOTAL_BYTES = 4 << 30  # ... and no more than 4 GiB in all
+MAX_ENTRIES = 200_000
+_PACKAGES = ("virk-exporter", "numpy", "torch", "opencv-python-headless", "scipy", "prometheus-client", "minio")
+_STORED = (".jpg", ".png", ".npz")  # already compressed: deflating again costs time for nothing
+
+REPLAY_SCRIPT = '''"""Replay this incident: python replay.py --predict module:function [--bundle bundle.zip]
+
+Needs virk-exporter installed (pip install virk-exporter). Same as
+`virk-exporter bundle replay bundle.zip --predict module:function`.
+"""
+import sys
+from pathlib import Path
+
+from virk_exporter.commands.bundle import bundle
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    target = str(Path(__file__).with_name("bundle.zip"))
+    if "--bundle" in args:
+        i = args.index("--bundle")
+        target = args[i + 1]
+        del args[i : i + 2]
+    bundle(["replay", target, *args])
+'''
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be read safely or whose hashes do not match."""
+
+
+@dataclass
+class IncidentContext:
+    """What the monitoring worker knows when an alert arrives; the bundle freezes it.
+
+    embeddings: named arrays; replay uses ``"reference"`` (reference embeddings) and
+    ``"window/<source>"`` (the tested window of each source) when present.
+    drift_timeline: dicts with timestamp, source, statistic, p_value, threshold, detected,
+    fingerprint. diagnosis: per source, ``Diagnosis.to_dict()`` (JSON-ready).
+    """
+
+    frames: list[RecordedFrame]
+    reference_frames: list[np.ndarray] = field(default_factory=list)
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    drift_timeline: list[dict] = field(default_factory=list)
+    diagnosis: dict[str, dict] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    reference_file: bytes | None = None
+
+
+def bundle_key(model: str, alert: Alert) -> str:
+    """``<model>/<alert fingerprint>/<startsAt>/bundle.zip``: one key per alert firing."""
+    return f"{alert_prefix(model, alert.fingerprint)}/{alert.starts_at.stamp()}/bundle.zip"
+
+
+def bundle_tags(manifest: dict[str, Any]) -> dict[str, str]:
+    """Object tags: what people filter bundles by in the MinIO console."""
+    return {
+        "model": manifest["model"],
+        "cause": str(manifest.get("cause", "unknown")),
+        "alertname": manifest["alert"]["labels"].get("alertname", ""),
+    }
+
+
+def alert_prefix(model: str, fingerprint: str) -> str:
+    # model names are free text (a Prometheus label); keys must stay path-safe
+    safe_model = re.sub(r"[^A-Za-z0-9._=+@:-]", "_", model).lstrip(".") or "_"
+    return f"{safe_model}/{fingerprint}"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _json(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n").encode()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def write_npz(arrays: dict[str, np.ndarray]) -> bytes:
+    """An .npz that ``np.load`` reads, with fixed timestamps (np.savez's are the current time)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name in sorted(arrays):
+            array = io.BytesIO()
+            np.lib.format.write_array(array, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            archive.writestr(zipfile.ZipInfo(f"{name}.npy", ZIP_EPOCH), array.getvalue())
+    return buffer.getvalue()
+
+
+def write_zip(files: dict[str, bytes]) -> bytes:
+    """Zip ``files`` with sorted names, fixed timestamps and mode 0644: same files, same bytes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in sorted(files):
+            info = zipfile.ZipInfo(name, ZIP_EPOCH)
+            info.external_attr = (stat.S_IFREG | 0o644) << 16
+            info.compress_type = zipfile.ZIP_STORED if name.endswith(_STORED) else zipfile.ZIP_DEFLATED
+            archive.writestr(info, files[name], compresslevel=6)
+    return buffer.getvalue()
+
+
+def top_cause(alert: Alert, diagnosis: dict[str, dict]) -> str:
+    """The cause to tag the bundle with: the alerting source's diagnosis, else the alert's
+    ``fingerprint`` label (virk_drift_detected carries it), else any diagnosed cause."""
+    source = alert.labels.get("source")
+    if source in diagnosis and diagnosis[source].get("top"):
+        return str(diagnosis[source]["top"])
+    if alert.labels.get("fingerprint"):
+        return alert.labels["fingerprint"]
+    tops = sorted(str(d.get("top")) for d in diagnosis.values() if d.get("top") not in (None, "none"))
+    return tops[0] if tops else "unknown"
+
+
+def _onset(alert: Alert, timeline: list[dict]) -> float:
+    """Where "before" ends: the first detection in the timeline, else the alert's start."""
+    detected = [float(p["timestamp"]) for p in timeline if p.get("detected")]
+    return min(detected) if detected else alert.starts_at.unix()
+
+
+_png_cache: dict[bytes, bytes] = {}
+_png_cache_lock = threading.Lock()
+
+
+def _encode_png(rgb: np.ndarray) -> bytes:
+    """Lossless reference sample. The reference rarely changes between alerts and PNG costs
+    ~30 ms per 640x480 frame, so encodings are cached by content digest (bounded)."""
+    digest = hashlib.sha1(np.ascontiguousarray(rgb).data, usedforsecurity=False).digest() + repr(rgb.shape).encode()
+    with _png_cache_lock:
+        cached = _png_cache.get(digest)
+    if cached is not None:
+        return cached
+    ok, buffer = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError("reference frame could not be encoded")
+    with _png_cache_lock:
+        if len(_png_cache) >= 512:
+            _png_cache.clear()
+        _png_cache[digest] = buffer.tobytes()
+        return _png_cache[digest]
+
+
+def build_bundle(alert: Alert, model: str, context: IncidentContext) -> tuple[bytes, dict[str, Any]]:
+    """The bundle bytes and its manifest. Same alert and context → same bytes."""
+    files: dict[str, bytes] = {}
+    frame_entries = []
+    for index, frame in enumerate(context.frames):
+        path = f"frames/{index:05d}.{'jpg' if frame.format == 'jpeg' else 'png'}"
+        files[path] = frame.encoded
+        frame_entries.append(
+            {
+                "path": path,
+                "frame_id": frame.frame_id,
+                "timestamp": frame.timestamp,
+                "source": frame.source,
+                "shape": list(frame.shape),
+                "format": frame.format,
+                "trace_id": frame.trace_id,
+                "span_id": frame.span_id,
+                "output": frame.output,
+                "properties": frame.properties,
+                "tags": frame.tags,
+            }
+        )
+    reference_paths = []
+    for index, rgb in enumerate(context.reference_frames):
+        path = f"reference/{index:03d}.png"
+        files[path] = _encode_png(rgb)
+        reference_paths.append(path)
+    if context.reference_file is not None:
+        files["reference/reference.virkref"] = context.reference_file
+    files["embeddings.npz"] = write_npz(context.embeddings)
+    files["replay.py"] = REPLAY_SCRIPT.encode()
+
+    onset = _onset(alert, context.drift_timeline)
+    manifest: dict[str, Any] = {
+        "schema": SCHEMA,
+        "model": model,
+        "alert": alert.to_dict(),
+        "resolved": None,
+        "cause": top_cause(alert, context.diagnosis),
+        "onset": onset,
+        "sources": sorted({f.source for f in context.frames}),
+        "frames": frame_entries,
+        "reference": reference_paths,
+        "reference_file": "reference/reference.virkref" if context.reference_file is not None else None,
+        "embeddings": {k: list(np.shape(v)) for k, v in sorted(context.embeddings.items())},
+        "drift_timeline": context.drift_timeline,
+        "diagnosis": context.diagnosis,
+        "config": context.config,
+        "packages": package_versions(),
+    }
+    before = [f for f in context.frames if f.timestamp < onset]
+    after = [f for f in context.frames if f.timestamp >= onset]
+    files["report.html"] = render_report(
+        manifest,
+        before=[f.decode() for f in _spread(before)],
+        after=[f.decode() for f in _spread(after)],
+        reference=list(context.reference_frames),
+        properties_before=[f.properties for f in before],
+        properties_after=[f.properties for f in after],
+    )
+    return _seal(files, manifest), manifest
+
+
+def _spread(frames: list[RecordedFrame], n: int = 6) -> list[RecordedFrame]:
+    """Only the frames the report shows get decoded (decoding all 128 would dominate build time)."""
+    if len(frames) <= n:
+        return frames
+    return [frames[int(i)] for i in np.linspace(0, len(frames) - 1, n).round()]
+
+
+def _seal(files: dict[str, bytes], manifest: dict[str, Any]) -> bytes:
+    """Hash every file into the manifest, hash the manifest, zip it all."""
+    content = {k: v for k, v in files.items() if k not in ("manifest.json", "manifest.sha256")}
+    manifest = dict(manifest, files={name: sha256(data) for name, data in sorted(content.items())})
+    manifest_bytes = _json(manifest)
+    return write_zip({**content, "manifest.json": manifest_bytes, "manifest.sha256": (sha256(manifest_bytes) + "\n").encode()})
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def _check_entry(info: zipfile.ZipInfo) -> None:
+    name = info.filename
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise BundleError(f"refusing absolute path {name!r} in the bundle")
+    if "\\" in name or any(p in ("..", ".") for p in parts) or "" in parts[:-1]:
+        raise BundleError(f"refusing path {name!r} in the bundle (traversal or odd separators)")
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        raise BundleError(f"refusing link {name!r} in the bundle")
+    if info.is_dir() or (mode and not stat.S_ISREG(mode)):
+        raise BundleError(f"refusing non-file entry {name!r} in the bundle")
+    if info.file_size > MAX_ENTRY_BYTES:
+        raise BundleError(f"entry {name!r} is {info.file_size} bytes, over the {MAX_ENTRY_BYTES} limit")
+
+
+@dataclass
+class Bundle:
+    manifest: dict[str, Any]
+    files: dict[str, bytes]
+
+    def problems(self) -> list[str]:
+        """Every hash mismatch, missing or unlisted file (empty: the bundle verifies)."""
+        found: list[str] = []
+        expected = self.files.get("manifest.sha256", b"").decode(errors="replace").strip()
+        if expected != sha256(self.files["manifest.json"]):
+            found.append("manifest.json: sha256 does not match manifest.sha256")
+        listed: dict[str, str] = self.manifest.get("files", {})
+        for name, digest in sorted(listed.items()):
+            if name not in self.files:
+                found.append(f"{name}: listed in the manifest but missing")
+            elif sha256(self.files[name]) != digest:
+                found.append(f"{name}: sha256 mismatch")
+        for name in sorted(set(self.files) - set(listed) - {"manifest.json", "manifest.sha256"}):
+            found.append(f"{name}: not listed in the manifest")
+        return found
+
+    def verify(self) -> None:
+        found = self.problems()
+        if found:
+            raise BundleError("bundle does not verify: " + "; ".join(found))
+
+    @property
+    def alert(self) -> dict[str, Any]:
+        return self.manifest["alert"]
+
+    def frames(self) -> list[tuple[dict[str, Any], np.ndarray]]:
+        """(manifest entry, uint8 RGB frame) per recorded frame, oldest first."""
+        out = []
+        for entry in self.manifest.get("frames", []):
+            bgr = cv2.imdecode(np.frombuffer(self.files[entry["path"]], np.uint8), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise BundleError(f"{entry['path']}: does not decode as an image")
+            out.append((entry, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+        return out
+
+    def reference_frames(self) -> list[np.ndarray]:
+        frames = []
+        for path in self.manifest.get("reference", []):
+            bgr = cv2.imdecode(np.frombuffer(self.files[path], np.uint8), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise BundleError(f"{path}: does not decode as an image")
+            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        return frames
+
+    def embeddings(self) -> dict[str, np.ndarray]:
+        with np.load(io.BytesIO(self.files["embeddings.npz"]), allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+
+    def reference_file(self) -> bytes | None:
+        path = self.manifest.get("reference_file")
+        return self.files.get(path) if path else None
+
+
+def read_bundle(source: bytes | str | Path, verify: bool = True) -> Bundle:
+    """Read a bundle into memory, refusing unsafe entries; verify hashes unless told not to."""
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as error:
+        raise BundleError(f"not a zip file: {error}") from None
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > MAX_ENTRIES:
+            raise BundleError(f"{len(infos)} entries, over the {MAX_ENTRIES} limit")
+        names = [i.filename for i in infos]
+        if len(set(names)) != len(names):
+            raise BundleError("duplicate entry names in the bundle")
+        for info in infos:
+            _check_entry(info)
+        if sum(i.file_size for i in infos) > MAX_TOTAL_BYTES:
+            raise BundleError(f"bundle expands past {MAX_TOTAL_BYTES} bytes")
+        files = {}
+        for info in infos:
+            try:
+                with archive.open(info) as handle:
+                    # read one byte past the declared size: a lying header cannot inflate unbounded
+                    blob = handle.read(info.file_size + 1)
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as error:  # CRC, zlib, truncation
+                raise BundleError(f"{info.filename}: unreadable: {error}") from None
+            if len(blob) != info.file_size:
+                raise BundleError(f"{info.filename}: size does not match its header")
+            files[info.filename] = blob
+    if "manifest.json" not in files:
+        raise BundleError("no manifest.json in the bundle")
+    try:
+        manifest = json.loads(files["manifest.json"])
+    except ValueError as error:
+        raise BundleError(f"manifest.json is not valid JSON: {error}") from None
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+        raise BundleError(f"manifest schema is not {SCHEMA!r}")
+    bundle = Bundle(manifest, files)
+    if verify:
+        bundle.verify()
+    for entry in manifest.get("frames", []) + [{"path": p} for p in manifest.get("reference", [])]:
+        if entry.get("path") not in files:
+            raise BundleError(f"manifest names {entry.get('path')!r}, which the bundle lacks")
+    return bundle
+
+
+def with_resolution(data: bytes, resolved: dict[str, Any]) -> bytes:
+    """The same bundle with ``manifest.resolved`` set (verified first, resealed after)."""
+    bundle = read_bundle(data)
+    manifest = {k: v for k, v in bundle.manifest.items() if k != "files"}
+    manifest["resolved"] = resolved
+    return _seal(bundle.files, manifest)

@@ -1,0 +1,242 @@
+"""Replay an incident bundle: re-run the user's function over the recorded frames and recompute
+drift and diagnosis against the bundled reference, to compare with what was recorded.
+
+Everything is computed from the bundle alone (plus the user's code), so a laptop without the
+production stack reproduces the incident. Parts that need a component this installation lacks
+(an embedder that wraps user code, a missing fingerprinter) are reported as notes, not errors.
+
+Drift, per source: reference embeddings come from the bundled ``.virkref`` when present
+(``virk_exporter.reference.Reference.load``), else from ``embeddings.npz`` (``reference/<source>``
+or ``reference``); the
+tested window is re-embedded from the frames with the recorded embedder
+(``config["embedder_id"]``) when it can be rebuilt, else taken from
+``embeddings.npz["window/<source>"]``. The test is ``virk_exporter.drift.MMDDrift`` with the
+recorded ``n_permutations`` and ``p_val`` and a fixed seed. Diagnosis: the reference's own
+fingerprinter (saved state in the ``.virkref``) over the last window of recorded frames.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from virk_exporter.incidents.bundle import Bundle
+
+
+@dataclass
+class Comparison:
+    source: str
+    what: str  # "drift", "p_value", "cause", "predict"
+    recorded: Any
+    replayed: Any
+
+    @property
+    def match(self) -> bool | None:
+        """Decisions are compared; p-values and outputs are shown side by side only (a
+        permutation p-value and a summary string are not expected to be bit-identical)."""
+        if self.what not in ("drift", "cause", "cause (pixels)") or self.recorded is None or self.replayed is None:
+            return None
+        return self.recorded == self.replayed
+
+
+@dataclass
+class ReplayResult:
+    comparisons: list[Comparison] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    outputs: dict[str, list[Any]] = field(default_factory=dict)  # source -> predict results
+
+    @property
+    def reproduced(self) -> bool:
+        """Every comparison that could be made agrees (drift decision, top cause from the
+        worker's measurements)."""
+        decided = [c.match for c in self.comparisons if c.what in ("drift", "cause") and c.match is not None]
+        return bool(decided) and all(decided)
+
+
+def load_function(spec: str) -> Callable[..., Any]:
+    """``module:function`` (``module:obj.attr`` too), importable from the current directory."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--predict must look like module:function, got {spec!r}")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    target: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"{spec} is not callable")
+    return target
+
+
+def summarize(output: Any) -> str:
+    """A short, comparable description of one model output."""
+    if hasattr(output, "detach"):
+        output = output.detach().cpu().numpy()
+    if isinstance(output, np.ndarray):
+        mean = f" mean={float(np.mean(output)):.4g}" if output.size and np.issubdtype(output.dtype, np.number) else ""
+        return f"array{tuple(output.shape)}{mean}"
+    text = repr(output)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _by_source(bundle: Bundle) -> dict[str, list[tuple[dict, np.ndarray]]]:
+    groups: dict[str, list[tuple[dict, np.ndarray]]] = {}
+    for entry, frame in bundle.frames():
+        groups.setdefault(entry["source"], []).append((entry, frame))
+    return groups
+
+
+@dataclass
+class _Reference:
+    """What replay compares against, per source: embeddings, embedder id and fingerprinter."""
+
+    embeddings: dict[str, np.ndarray]
+    embedder_id: str | None
+    fingerprinters: dict[str, Any]
+
+    def for_source(self, source: str, table: dict[str, Any]) -> Any:
+        if source in table:
+            return table[source]
+        return next(iter(table.values())) if len(table) == 1 else None
+
+
+def _reference(bundle: Bundle, notes: list[str]) -> _Reference:
+    """From the bundled .virkref (virk_exporter.reference) when present, else embeddings.npz."""
+    npz = bundle.embeddings()
+    embedder_id = bundle.manifest.get("config", {}).get("embedder_id")
+    embeddings = {k.split("/", 1)[1]: v for k, v in npz.items() if k.startswith("reference/")}
+    if "reference" in npz:
+        embeddings.setdefault("", npz["reference"])
+    fingerprinters: dict[str, Any] = {}
+    blob = bundle.reference_file()
+    if blob is not None:
+        try:
+            from virk_exporter.reference import Reference
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "reference.virkref"
+                path.write_bytes(blob)
+                ref = Reference.load(path)
+            embedder_id = ref.embedder_id
+            for name, src in ref.sources.items():
+                embeddings[name] = np.asarray(src.embeddings, np.float32)
+                fingerprinter = src.fingerprinter()
+                if fingerprinter is not None:
+                    fingerprinters[name] = fingerprinter
+        except Exception as error:  # noqa: BLE001 - fall back to the npz, and say why
+            notes.append(f"bundled .virkref not usable here ({type(error).__name__}: {error}); using embeddings.npz")
+    return _Reference(embeddings, embedder_id, fingerprinters)
+
+
+def _window(
+    bundle: Bundle, source: str, frames: list[np.ndarray], embedder_id: str | None, size: int, notes: list[str]
+) -> np.ndarray | None:
+    if embedder_id:
+        try:
+            from virk_exporter.embed import embedder_from_id
+
+            embedder = embedder_from_id(embedder_id)
+            return embedder.embed(np.stack(frames[-size:]))
+        except Exception as error:  # noqa: BLE001
+            notes.append(f"{source}: frames not re-embedded ({error}); using the recorded window embeddings")
+    return bundle.embeddings().get(f"window/{source}")
+
+
+def _recorded_drift(bundle: Bundle, source: str) -> dict | None:
+    points = [p for p in bundle.manifest.get("drift_timeline", []) if p.get("source") == source]
+    return max(points, key=lambda p: p["timestamp"]) if points else None
+
+
+def replay(bundle: Bundle, predict: Callable[..., Any] | None = None, batch_size: int = 32, seed: int = 0) -> ReplayResult:
+    result = ReplayResult()
+    config = bundle.manifest.get("config", {})
+    groups = _by_source(bundle)
+    reference = _reference(bundle, result.notes)
+
+    for source, items in sorted(groups.items()):
+        frames = [frame for _, frame in items]
+        if predict is not None:
+            started = time.perf_counter()
+            outputs = [predict(np.stack(frames[i : i + batch_size])) for i in range(0, len(frames), batch_size)]
+            result.outputs[source] = outputs
+            recorded = [e.get("output") for e, _ in items if e.get("output") is not None]
+            result.comparisons.append(
+                Comparison(source, "predict", f"{len(recorded)} recorded outputs" if recorded else None,
+                           f"{len(frames)} frames in {time.perf_counter() - started:.2f}s; first: {summarize(outputs[0])}")
+            )
+        drift = _replay_drift(bundle, result, source, frames, reference, config, seed)
+        _replay_diagnosis(bundle, result, source, items, reference, config, drift)
+    return result
+
+
+def _replay_drift(bundle, result, source, frames, reference: _Reference, config, seed) -> bool | None:
+    recorded = _recorded_drift(bundle, source)
+    reference_embeddings = reference.for_source(source, reference.embeddings)
+    if reference_embeddings is None:
+        result.notes.append(f"{source}: no reference embeddings in the bundle; drift not recomputed")
+        return None
+    window = _window(bundle, source, frames, reference.embedder_id, int(config.get("window", 64)), result.notes)
+    if window is None or len(window) < 2:
+        result.notes.append(f"{source}: no window to test; drift not recomputed")
+        return None
+    try:
+        from virk_exporter.drift import MMDDrift
+
+        detector = MMDDrift(
+            reference_embeddings,
+            n_permutations=int(config.get("n_permutations", 200)),
+            p_val=float(config.get("p_val", 0.05)),
+            seed=seed,
+        )
+        test = detector.test(np.asarray(window, np.float32))
+    except Exception as error:  # noqa: BLE001
+        result.notes.append(f"{source}: drift not recomputed ({type(error).__name__}: {error})")
+        return None
+    result.comparisons.append(Comparison(source, "drift", None if recorded is None else bool(recorded.get("detected")), bool(test.drift)))
+    recorded_p = None if recorded is None or recorded.get("p_value") is None else round(float(recorded["p_value"]), 4)
+    result.comparisons.append(Comparison(source, "p_value", recorded_p, round(float(test.p_value), 4)))
+    return bool(test.drift)
+
+
+def _replay_diagnosis(bundle, result, source, items, reference: _Reference, config, drift: bool | None) -> None:
+    """Two diagnoses with the reference's fingerprinter (from the .virkref; else one built from
+    the bundled reference samples), over the last window of this source:
+
+    * ``cause``: from the per-frame properties the worker measured on the raw frames (in the
+      manifest): the worker's own computation, reproducible exactly;
+    * ``cause (pixels)``: from the recorded pixels. JPEG-recorded frames carry compression
+      artefacts the raw frames did not have, so this one can differ (record_format="png" for
+      pixel-exact replay); it is shown, not counted in ``reproduced``.
+    """
+    recorded = bundle.manifest.get("diagnosis", {}).get(source, {}).get("top")
+    window = items[-int(config.get("window", 64)) :]
+    try:
+        fingerprinter = reference.for_source(source, reference.fingerprinters)
+        if fingerprinter is None:
+            samples = bundle.reference_frames()
+            if not samples:
+                result.notes.append(f"{source}: no reference in the bundle; diagnosis not recomputed")
+                return
+            from virk_exporter.fingerprint import Fingerprinter
+
+            fingerprinter = Fingerprinter(np.stack(samples), color="rgb")
+            result.notes.append(f"{source}: diagnosis against the {len(samples)} bundled reference samples (no .virkref)")
+        measured = [entry.get("properties") or {} for entry, _ in window]
+        names = set.intersection(*(set(p) for p in measured)) if measured else set()
+        if names:
+            properties = {k: np.array([p[k] for p in measured], np.float64) for k in sorted(names)}
+            diagnosis = fingerprinter.diagnose(properties=properties, embedding_drift=drift)
+            result.comparisons.append(Comparison(source, "cause", recorded, diagnosis.top))
+        else:
+            result.notes.append(f"{source}: no recorded frame properties; cause only recomputed from pixels")
+        pixels = fingerprinter.diagnose(np.stack([frame for _, frame in window]), embedding_drift=drift)
+        result.comparisons.append(Comparison(source, "cause (pixels)", recorded, pixels.top))
+    except Exception as error:  # noqa: BLE001
+        result.notes.append(f"{source}: diagnosis not recomputed ({type(error).__name__}: {error})")
