@@ -284,3 +284,29 @@ def test_close_drains_and_is_idempotent(tmp_path):
     exp.close(timeout=60)
     exp.close()
     assert predict(FRAME) == "still works"  # after close the function is just the function
+
+
+def test_a_crashed_worker_is_replaced_and_predict_never_notices(tmp_path):
+    import os
+    import signal
+
+    with Exporter(model="crash", store=str(tmp_path)) as exp:
+        assert exp.wait_ready(120)
+
+        @exp.monitor
+        def predict(frames):
+            return "ok"
+
+        predict(FRAME)
+        exp.flush()
+        os.kill(exp._worker._process.pid, signal.SIGKILL)
+        exp._worker._process.wait(timeout=10)
+        assert [predict(FRAME) for _ in range(5)] == ["ok"] * 5
+        exp._handoff.drain(10)
+        assert exp.wait_ready(120), "a new worker should have started"
+        predict(FRAME)
+        exp.flush()
+        assert exp.request("status")["frames_processed"] >= 1
+        text = exposition(exp)
+        assert sample_value(text, "virk_frames_dropped_total", reason="worker_down") >= 1
+        assert sample_value(text, "virk_errors_total", stage="worker") == 1

@@ -28,6 +28,7 @@ from virk_exporter.fingerprint import Fingerprinter
 from virk_exporter.fingerprint.causes import CAUSES
 from virk_exporter.metrics import WorkerMetrics
 from virk_exporter.recorder import FlightRecorder
+from virk_exporter.slices import TOP_K, SliceTracker
 from virk_exporter.reference import Reference, SourceReference
 from virk_exporter.tracing import SpanRecord, SpanRecorder
 
@@ -63,6 +64,9 @@ class SourceAnalysis:
         self.last_update: DriftUpdate | None = None
         self.diagnosis: Any = None
         self.fingerprint = "none"
+        # Slices (slices.py): recent (embedding, tags) pairs, ranked while drift is detected.
+        self.slices = SliceTracker(capacity=4 * config.window, rerank_every=config.window, seed=zlib.crc32(name.encode()))
+        self.slice_labels: set[str] = set()  # virk_slice_drift_score series currently exported
         if baseline is not None:
             self.watch(baseline)
 
@@ -108,14 +112,18 @@ class Analysis:
         self.reference: Reference | None = None
         self.shared_baseline: Baseline | None = None
         self._incidents: Any = None
-        if config.embedder not in ("image", "outputs"):
-            raise ValueError(f"embedder must be 'image' or 'outputs', got {config.embedder!r}")
+        if config.embedder not in ("image", "outputs", "features"):
+            raise ValueError(f"embedder must be 'image', 'outputs' or 'features', got {config.embedder!r}")
         if config.reference_path:
             self.reference = Reference.load(config.reference_path)
             self.embedder = embedder_from_id(self.reference.embedder_id, device=config.device)
             log.info("reference %s: embedder %s, sources %s", config.reference_path, self.reference.embedder_id, sorted(self.reference.sources))
         else:
             self.embedder = RandomConvEncoder(device=config.device) if config.embedder == "image" else OutputsEmbedder(device=config.device)
+            if config.embedder == "features":  # rows from monitor(features=...), compared as given
+                from virk_exporter.integrations import FeaturesEmbedder
+
+                self.embedder = FeaturesEmbedder(device=config.device)
         if reference_frames is not None:
             if isinstance(self.embedder, OutputsEmbedder):
                 raise ValueError("reference frames cannot define a reference of model outputs: let the exporter learn it")
@@ -175,6 +183,8 @@ class Analysis:
         if features is None:
             return
         was_detected = state.drift.detected
+        if any(frame.tags for frame in recorded) or state.slices.count:
+            state.slices.add(features, [frame.tags for frame in recorded])
         with monitor.stage("drift"):
             update = state.drift.update(features)
         if update is None:
@@ -182,6 +192,8 @@ class Analysis:
         with monitor.stage("fingerprint"):
             diagnosis = state.baseline.fingerprinter.diagnose(properties=state.window_properties(), embedding_drift=update.drift)
         self._publish(state, update, diagnosis, recorded[-1].timestamp)
+        with monitor.stage("slices"):
+            self._rank_slices(state, update)
         event = {
             "virk.source": state.name,
             "virk.drift.statistic": update.statistic,
@@ -191,9 +203,35 @@ class Analysis:
             "virk.drift.detected": update.detected,
             "virk.fingerprint.top": diagnosis.top,
         }
+        if state.slices.ranking is not None:
+            event["virk.slices.top"] = ",".join(s.slice for s in state.slices.ranking.significant[:TOP_K])
         monitor.spans.event("virk.drift_test", event)
         if update.detected and not was_detected:
             monitor.spans.event("virk.drift_detected", event)
+
+    def _rank_slices(self, state: SourceAnalysis, update: DriftUpdate) -> None:
+        """While drift is detected, rank the source's tagged slices and export the top few."""
+        if not update.detected or not state.slices.count or not state.slices.tagged:
+            if state.slices.ranking is not None or state.slice_labels:
+                state.slices.clear()
+                self._export_slices(state, {})
+            return
+        if not state.slices.due():
+            return
+        ranking = state.slices.rank(state.baseline.embeddings, sigma=state.drift.mmd.sigma)
+        self._export_slices(state, {s.slice: s.score for s in ranking.significant[:TOP_K]})
+
+    def _export_slices(self, state: SourceAnalysis, scores: dict[str, float]) -> None:
+        """``virk_slice_drift_score``: at most TOP_K series per source; stale ones are removed."""
+        gauge = self.metrics.slice_drift_score
+        for name in state.slice_labels - set(scores):
+            try:
+                gauge.remove(self.model, state.name, name)
+            except KeyError:
+                pass
+        for name, score in scores.items():
+            gauge.labels(self.model, state.name, name).set(score)
+        state.slice_labels = set(scores)
 
     def _learn(self, monitor: Any, state: SourceAnalysis, frames: np.ndarray, outputs: np.ndarray | None) -> None:
         state.learning.extend(frames)
@@ -272,6 +310,7 @@ class Analysis:
                 "top_cause": None if diagnosis is None else diagnosis.top,
                 "causes": [] if diagnosis is None else list(diagnosis.causes[:3]),
                 "evidence": [] if diagnosis is None else [e.to_dict() for e in diagnosis.evidence[:3]],
+                "slices": None if state.slices.ranking is None else state.slices.ranking.to_dict(limit=TOP_K),
             }
         return {"sources": sources}
 
@@ -298,6 +337,8 @@ class Analysis:
                 embeddings[f"window/{state.name}"] = state.drift.current_window().copy()
                 if state.diagnosis is not None:
                     diagnosis[state.name] = state.diagnosis.to_dict()
+                    if state.slices.ranking is not None:  # where it drifted: manifest and report show it
+                        diagnosis[state.name]["slices"] = state.slices.ranking.to_dict()
             if len(states) == 1:
                 embeddings["reference"] = embeddings[f"reference/{states[0].name}"]
             timeline = [t for t in self.timeline if wanted not in self.sources or t["source"] == wanted]

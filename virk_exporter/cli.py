@@ -22,19 +22,21 @@ def main(verbose: bool) -> None:
 
 
 @main.command()
-@click.option("--duration", type=float, default=36.0, show_default=True, help="Seconds to stream; 0 runs until Ctrl-C (no scripted incident).")
+@click.option("--duration", type=float, default=36.0, show_default=True, help="Seconds to stream; 0 runs until Ctrl-C, repeating the incidents every --cycle seconds.")
 @click.option("--fps", type=float, default=12.0, show_default=True, help="Frames per second per camera.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=9400, show_default=True, help="Port for /metrics and the webhook (0: any free port).")
 @click.option("--store", envvar="VIRK_STORE", help="Where bundles go: a directory or s3://bucket/prefix (default ./virk-incidents).")
 @click.option("--seed", type=int, default=0, show_default=True)
-def demo(duration: float, fps: float, host: str, port: int, store: str | None, seed: int) -> None:
+@click.option("--self-page/--no-self-page", default=True, show_default=True, help="Page each detection through the exporter's own webhook (turn off when Alertmanager pages it).")
+@click.option("--cycle", type=float, default=150.0, show_default=True, help="With --duration 0: seconds between repeats of the scripted incidents.")
+def demo(duration: float, fps: float, host: str, port: int, store: str | None, seed: int, self_page: bool, cycle: float) -> None:
     """Stream two real-photograph cameras through a monitored model with a scripted incident."""
     from virk_exporter.demo import run
     from virk_exporter.server import PortInUseError
 
     try:
-        summary = run(duration=duration, fps=fps, host=host, port=port, store=store, seed=seed, console=Console())
+        summary = run(duration=duration, fps=fps, host=host, port=port, store=store, seed=seed, console=Console(), self_page=self_page, cycle=cycle)
     except PortInUseError as problem:
         raise click.ClickException(str(problem)) from problem
     if duration and len(summary["detections"]) < 2:

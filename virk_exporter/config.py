@@ -41,8 +41,8 @@ class ExporterConfig:
     jpeg_quality: int = 90
     # Incidents
     instance: str = field(default_factory=socket.gethostname)
-    webhook_token: str | None = None
-    webhook_basic_auth: tuple[str, str] | None = None
+    webhook_token: str | None = field(default_factory=lambda: os.environ.get("VIRK_WEBHOOK_TOKEN") or None)
+    webhook_basic_auth: tuple[str, str] | None = field(default_factory=lambda: _basic_auth_from_env())
     webhook_max_bytes: int = 1 * 2**20
     peers: dict[str, str] = field(default_factory=dict)  # instance -> base URL, forwarding allow-list
     link_expiry_s: int = 3600
@@ -63,6 +63,17 @@ class ExporterConfig:
                 raise ValueError(f"{name} must be positive")
         if not 0.0 < self.p_val < 1.0:
             raise ValueError("p_val must lie in (0, 1)")
+
+
+def _basic_auth_from_env() -> tuple[str, str] | None:
+    """``VIRK_WEBHOOK_BASIC_AUTH=user:password`` (for people opening bundle links in a browser)."""
+    value = os.environ.get("VIRK_WEBHOOK_BASIC_AUTH", "")
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user:
+        raise ValueError("VIRK_WEBHOOK_BASIC_AUTH must be user:password")
+    return user, password
 
 
 def check_sample(sample: float | int) -> None:

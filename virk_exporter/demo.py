@@ -11,6 +11,7 @@ path a real Alertmanager uses), which freezes an incident bundle into the store.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 import urllib.request
@@ -143,15 +144,23 @@ def run(
     console: Console | None = None,
     exporter_options: dict[str, Any] | None = None,
     on_tick: Callable[[Exporter], None] | None = None,
+    self_page: bool = True,
+    cycle: float = 150.0,
 ) -> dict[str, Any]:
-    """Run the demo; returns a summary (detections, bundles). ``duration`` 0 runs until Ctrl-C."""
+    """Run the demo; returns a summary (detections, bundles).
+
+    ``duration`` 0 runs until Ctrl-C, repeating the scripted incidents every ``cycle`` seconds
+    (each camera recovers near the end of a cycle, so alerts fire and resolve). ``self_page``
+    posts each detection to the exporter's own webhook; turn it off when a real Alertmanager
+    pages the exporter (compose.yaml does).
+    """
     console = console or Console()
-    token = secrets.token_urlsafe(16)
+    token = os.environ.get("VIRK_WEBHOOK_TOKEN") or secrets.token_urlsafe(16)
     options = {"reference_frames": 64, "window": 64, "test_every": 16, "hysteresis": 2, "webhook_token": token}
     options.update(exporter_options or {})
     exporter = Exporter(model=MODEL, store=store, **options)
     monitored = exporter.monitor(source=lambda frames, camera: camera)(lambda frames, camera: predict(frames))
-    summary: dict[str, Any] = {"detections": {}, "bundles": [], "store": exporter.config.store}
+    summary: dict[str, Any] = {"detections": {}, "bundles": [], "alerts": [], "onsets": {}, "store": exporter.config.store}
     try:
         server = exporter.serve(host=host, port=port)
         console.print(f"[bold]virk-exporter demo[/]: model [cyan]{MODEL}[/], cameras {', '.join(c.name for c in CAMERAS)}; "
@@ -159,8 +168,9 @@ def run(
         with console.status("rendering the camera feeds and starting the monitoring worker…"):
             feeds = [Feed(camera, seed + 101 * i) for i, camera in enumerate(CAMERAS)]
             exporter.wait_ready()
-        alerts_url = f"http://127.0.0.1:{server.port}/api/v1/alerts" if host in ("0.0.0.0", "::") else f"{server.url}/api/v1/alerts"
-        _stream(exporter, monitored, feeds, duration, fps, console, alerts_url, token, summary, on_tick)
+        local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        narrator = Narrator(exporter, console, summary, f"http://{local}:{server.port}/api/v1/alerts" if self_page else None, token)
+        _stream(exporter, monitored, feeds, duration or None, cycle if not duration else duration, fps, narrator, on_tick)
         summary["bundles"] = _wait_for_bundles(exporter, summary, console)
     finally:
         exporter.close()
@@ -168,69 +178,88 @@ def run(
     return summary
 
 
-def _stream(exporter, monitored, feeds, duration, fps, console, alerts_url, token, summary, on_tick) -> None:
+def _stream(exporter, monitored, feeds, duration: float | None, period: float, fps: float, narrator: "Narrator", on_tick) -> None:
+    """Feed the cameras at ``fps`` for ``duration`` seconds (None: until Ctrl-C)."""
     started = time.monotonic()
-    announced: dict[str, str] = {}
     next_status = started + 1.0
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("streaming", total=duration or None)
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), TimeElapsedColumn(), console=narrator.console, transient=True) as bar:
+        task = bar.add_task("streaming", total=duration)
         tick = 0
         try:
-            while True:
+            while duration is None or time.monotonic() - started < duration:
                 elapsed = time.monotonic() - started
-                if duration and elapsed >= duration:
-                    break
+                phase = (elapsed % period) / period
                 for feed in feeds:
-                    incident = bool(duration) and elapsed >= feed.camera.starts_at * duration
-                    if incident and f"{feed.camera.name}:onset" not in announced:
-                        announced[f"{feed.camera.name}:onset"] = "yes"
-                        console.print(f"[dim]{elapsed:5.1f}s[/] {feed.camera.name}: [yellow]scripted incident begins[/] "
-                                      f"({feed.camera.incident}, severity {feed.camera.severity})")
-                        summary.setdefault("onsets", {})[feed.camera.name] = time.time()
+                    # a finite run keeps its incidents to the end; an endless one recovers each cycle
+                    incident = feed.camera.starts_at <= phase < (1.0 if duration else 0.9)
+                    narrator.incident(feed.camera, incident, elapsed)
                     monitored(feed.next(incident), camera=feed.camera.name)
                 if time.monotonic() >= next_status:
                     next_status += 1.0
-                    _report(exporter, elapsed, console, announced, alerts_url, token, summary)
+                    narrator.report(elapsed)
                     if on_tick:
                         on_tick(exporter)
                 bar.update(task, completed=elapsed)
                 tick += 1
                 time.sleep(max(0.0, started + tick / fps - time.monotonic()))
         except KeyboardInterrupt:
-            console.print("stopped")
+            narrator.console.print("stopped")
 
 
-def _report(exporter, elapsed, console, announced, alerts_url, token, summary) -> None:
-    """Print what changed since the last second; page each new detection."""
-    status = exporter.request("status", timeout=10)
-    for name, source in sorted(status.get("sources", {}).items()):
-        if source["phase"] == "watching" and announced.get(f"{name}:phase") != "watching":
-            console.print(f"[dim]{elapsed:5.1f}s[/] {name}: reference learned from {source['reference_frames']} frames; drift tests start")
-        announced[f"{name}:phase"] = source["phase"]
-        if source["p_value"] is None:
-            continue
-        state = "detected" if source["detected"] else ("suspect" if source["drift"] else "ok")
-        if announced.get(f"{name}:state") == state:
-            continue
-        announced[f"{name}:state"] = state
-        stamp = f"[dim]{elapsed:5.1f}s[/] {name}:"
-        if state == "ok":
-            console.print(f"{stamp} [green]no drift[/] (p={source['p_value']:.3f})")
-        elif state == "suspect":
-            console.print(f"{stamp} [yellow]drift in the latest window[/] (p={source['p_value']:.4f}); waiting for the next to confirm")
+class Narrator:
+    """Prints the demo's timeline and pages each new detection through the exporter's webhook."""
+
+    def __init__(self, exporter: Exporter, console: Console, summary: dict[str, Any], alerts_url: str | None, token: str) -> None:
+        self.exporter, self.console, self.summary = exporter, console, summary
+        self.alerts_url, self.token = alerts_url, token
+        self.seen: dict[str, Any] = {}
+
+    def incident(self, camera: Camera, active: bool, elapsed: float) -> None:
+        if self.seen.get(f"{camera.name}:incident", False) == active:
+            return
+        self.seen[f"{camera.name}:incident"] = active
+        if active:
+            self.console.print(f"[dim]{elapsed:5.1f}s[/] {camera.name}: [yellow]scripted incident begins[/] ({camera.incident}, severity {camera.severity})")
+            self.summary["onsets"][camera.name] = time.time()
         else:
-            line = describe(source)
-            console.print(f"{stamp} [bold red]DRIFT[/] p={source['p_value']:.4f} → {line}")
-            summary["detections"][name] = {"at": time.time(), "cause": source["fingerprint"], "line": line}
-            body = make_alert_payload(
-                exporter.model,
-                labels={"source": name, "fingerprint": source["fingerprint"], "severity": "page", "instance": exporter.config.instance},
-                annotations={"summary": f"{name} drifted: {line}"},
-            )
-            _post(alerts_url, token, body)
-            fingerprint = json.loads(body)["alerts"][0]["fingerprint"]
-            summary.setdefault("alerts", []).append(fingerprint)
-            console.print(f"{stamp} paged (alert {fingerprint}); building the incident bundle")
+            self.console.print(f"[dim]{elapsed:5.1f}s[/] {camera.name}: [green]scripted incident ends[/]")
+
+    def report(self, elapsed: float) -> None:
+        """Print what changed since the last second; page each new detection."""
+        status = self.exporter.request("status", timeout=10)
+        for name, source in sorted(status.get("sources", {}).items()):
+            stamp = f"[dim]{elapsed:5.1f}s[/] {name}:"
+            if source["phase"] == "watching" and self.seen.get(f"{name}:phase") != "watching":
+                self.console.print(f"{stamp} reference learned from {source['reference_frames']} frames; drift tests start")
+            self.seen[f"{name}:phase"] = source["phase"]
+            if source["p_value"] is None:
+                continue
+            state = "detected" if source["detected"] else ("suspect" if source["drift"] else "ok")
+            if self.seen.get(f"{name}:state") == state:
+                continue
+            self.seen[f"{name}:state"] = state
+            if state == "ok":
+                self.console.print(f"{stamp} [green]no drift[/] (p={source['p_value']:.3f})")
+            elif state == "suspect":
+                self.console.print(f"{stamp} [yellow]drift in the latest window[/] (p={source['p_value']:.4f}); waiting for the next to confirm")
+            else:
+                line = describe(source)
+                self.console.print(f"{stamp} [bold red]DRIFT[/] p={source['p_value']:.4f} → {line}")
+                self.summary["detections"][name] = {"at": time.time(), "cause": source["fingerprint"], "line": line}
+                self.page(name, source["fingerprint"], line, stamp)
+
+    def page(self, source: str, cause: str, line: str, stamp: str) -> None:
+        if self.alerts_url is None:
+            return
+        body = make_alert_payload(
+            self.exporter.model,
+            labels={"source": source, "fingerprint": cause, "severity": "critical", "instance": self.exporter.config.instance},
+            annotations={"summary": f"{source} drifted: {line}"},
+        )
+        _post(self.alerts_url, self.token, body)
+        fingerprint = json.loads(body)["alerts"][0]["fingerprint"]
+        self.summary["alerts"].append(fingerprint)
+        self.console.print(f"{stamp} paged (alert {fingerprint}); building the incident bundle")
 
 
 def _wait_for_bundles(exporter: Exporter, summary: dict[str, Any], console: Console, timeout: float = 60.0) -> list[str]:
@@ -238,7 +267,7 @@ def _wait_for_bundles(exporter: Exporter, summary: dict[str, Any], console: Cons
     from virk_exporter.incidents.store import open_store
 
     store = open_store(exporter.config.store)
-    wanted = summary.get("alerts", [])
+    wanted = summary["alerts"]
     deadline = time.monotonic() + timeout
     found: dict[str, str] = {}
     while len(found) < len(wanted) and time.monotonic() < deadline:
@@ -258,7 +287,7 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
         table.add_column(column)
     for camera in CAMERAS:
         detection = summary["detections"].get(camera.name)
-        onset = summary.get("onsets", {}).get(camera.name)
+        onset = summary["onsets"].get(camera.name)
         delay = f" after {detection['at'] - onset:.1f}s" if detection and onset else ""
         table.add_row(camera.name, f"{camera.incident} (severity {camera.severity})",
                       f"yes{delay}" if detection else "no", detection["line"] if detection else "—")

@@ -8,6 +8,7 @@ never competes with the caller's threads for this process's GIL.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import itertools
@@ -19,6 +20,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, TypeVar
 
+import numpy as np
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
@@ -27,8 +29,10 @@ from prometheus_client.metrics_core import Metric
 from virk_exporter import frames as frame_io
 from virk_exporter.config import ExporterConfig, check_sample
 from virk_exporter.handoff import Handoff
+from virk_exporter.labels import LabelBook, predictions_of
 from virk_exporter.metrics import CallerMetrics, merge_families
-from virk_exporter.outputs import output_rows, output_summary
+from virk_exporter.outputs import output_rows, output_summary, to_numpy
+from virk_exporter.slices import tags_per_frame
 from virk_exporter.tracing import emit, force_flush, hex_ids, resolve_tracer
 from virk_exporter.worker_handle import WorkerHandle
 
@@ -54,6 +58,8 @@ class Exporter:
         *,
         start: bool = True,
         copy_on_call: bool = False,
+        label_memory: int = 1 << 20,
+        label_window: int = 500,
         **options: Any,
     ) -> None:
         if store is not None:
@@ -68,12 +74,18 @@ class Exporter:
         self.model = self.config.model
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics = CallerMetrics(self.registry)
-        self._worker = WorkerHandle(self.config, reference_frames)
+        self.metrics.start_at_zero(self.model)
+        self._worker = WorkerHandle(self.config, reference_frames, on_restart=lambda why: self._count_error("worker", RuntimeError(why)))
         self._copy_on_call = copy_on_call
         self._duration = self.metrics.predict_duration.labels(model)
         self._tracer: Any = None
         self._tracing_resolved = False
-        self._handoff = Handoff(self._account, self._count_error, self.config.queue_batches, idle=self._emit_worker_spans)
+        # Late labels (labels.py): the prediction ledger, kept on the hand-off thread.
+        self._label_book = LabelBook(
+            self.model, self.metrics.labels_total, self.metrics.label_accuracy, lambda: self._next_id, label_memory, label_window
+        )
+        self._frame_ids: contextvars.ContextVar[range] = contextvars.ContextVar(f"virk_frame_ids_{id(self)}", default=range(0))
+        self._handoff = Handoff(self._account, self._count_error, self.config.queue_batches, idle=self._idle)
         self.metrics.queue_depth.labels(model).set_function(lambda: self._handoff.pending + self._worker.depth())
         self._id_lock = threading.Lock()
         self._next_id = 0
@@ -96,6 +108,9 @@ class Exporter:
         sample: float | int | None = None,
         color: str | None = None,
         frames_arg: str | int | None = None,
+        tags: Callable[..., Any] | None = None,
+        predicted: Callable[[Any], Iterable[Any]] | None = None,
+        features: Callable[[Any], Any] | None = None,
     ) -> Any:
         """Decorate ``predict``. Bare (``@exporter.monitor``) or with options.
 
@@ -103,15 +118,23 @@ class Exporter:
         frame (a list). ``sample`` is a rate in (0, 1] or an integer N (every N-th frame).
         ``frames_arg`` names (or indexes) the parameter holding the frames; by default the
         first parameter that is not ``self``/``cls``.
+
+        ``tags(frames, **call_arguments)`` returns a small dict (or one per frame) of slice
+        metadata (site, weather, firmware), evaluated off the caller's thread for sampled frames.
+        ``predicted(result)`` returns one predicted value per frame for late labels (default:
+        the argmax of ``[N, K]`` scores). ``features(result)`` returns ``[N, d]`` features
+        (arrays/tensors, or a list of them to concatenate) for ``embedder="features"``; it runs
+        on the caller's thread right after the call, so return references, not host copies.
         """
         if sample is not None:
             check_sample(sample)
         options = {"source": source, "sample": self.config.sample if sample is None else sample, "color": color or self.config.color}
+        options.update(tags=tags, predicted=predicted, features=features)
 
         def decorate(function: F) -> F:
             target = _Target(
                 _frames_locator(function, frames_arg),
-                inspect.signature(function) if source is not None else None,
+                inspect.signature(function) if source is not None or tags is not None else None,
                 options,
                 function.__qualname__,
                 {"code.function.name": f"{function.__module__}.{function.__qualname__}", "virk.model": self.model},
@@ -160,7 +183,7 @@ class Exporter:
         self._tracer = resolve_tracer()
         self._tracing_resolved = True
         if self._tracer is not None:
-            self._worker.post("tracing", True)
+            self._worker.post("tracing", True, sticky=True)
         return self._tracer
 
     def _observe(self, target: "_Target", span: Any, args: tuple, kwargs: dict, result: Any, error: BaseException | None, duration: float) -> None:
@@ -171,6 +194,7 @@ class Exporter:
         try:
             call = _Call(target, None, args, kwargs, result, error, duration, trace.get_current_span().get_span_context(), time.time())
             if self._closed:
+                self._frame_ids.set(range(0))
                 self._account(call, shed=None)
                 return
             try:
@@ -182,11 +206,18 @@ class Exporter:
                     call.frames = frame_io.Captured(captured.array.copy(), captured.channels_first)
             except frame_io.FrameError as problem:
                 self._count_error("input", problem)
+                self._frame_ids.set(range(0))
                 self._account(call, shed=None)
                 return
             with self._id_lock:
                 call.first_id = self._next_id
                 self._next_id += call.n
+            self._frame_ids.set(range(call.first_id, call.first_id + call.n))
+            if target.options["features"] is not None and error is None:
+                try:
+                    call.features = target.options["features"](result)
+                except Exception as problem:  # noqa: BLE001
+                    self._count_error("features", problem)
             call.sources = self._sources_of(target.options["source"], target.signature, call.frames, args, kwargs, call.n)
             call.chosen = self._sample(target.options["sample"], call.n)
             if span is not None:
@@ -216,6 +247,13 @@ class Exporter:
         self._duration.observe(call.duration, exemplar)
         if shed is None:
             return
+        try:
+            predicted = predictions_of(call.result, call.n, call.target.options["predicted"]) if call.error is None else None
+        except Exception as problem:  # noqa: BLE001 - a bad predicted() only costs the labels
+            self._count_error("labels", problem)
+            predicted = None
+        self._label_book.record(call.first_id, call.sources, predicted)
+        self._label_book.drain()
         sources, chosen = call.sources, call.chosen
         for name in dict.fromkeys(sources):
             self._source_counters(name)[0].inc(sources.count(name), exemplar)
@@ -231,6 +269,12 @@ class Exporter:
         if batch.shape[0] != call.n:
             raise frame_io.FrameError(f"a list of frames of different shapes: expected {call.n} frames")
         outputs = output_rows(call.result, call.n)
+        feature_columns = 0
+        if call.features is not None:
+            features = self._feature_rows(call.features, call.n)
+            if features is not None:
+                feature_columns = features.shape[1]
+                outputs = features if outputs is None else np.concatenate([outputs, features], axis=1)
         if len(chosen) != call.n:
             batch = batch[chosen]
             outputs = outputs[chosen] if outputs is not None else None
@@ -244,9 +288,42 @@ class Exporter:
             "span_id": span_id,
             "output": output_summary(call.result, call.error),
         }
+        if feature_columns:
+            meta["feature_columns"] = feature_columns  # the last columns of `outputs` (monitor.py splits them)
+        if call.target.options["tags"] is not None:
+            meta["tags"] = self._tags_of(call, chosen)
         reason = self._worker.put(batch, outputs, meta)
         if reason is not None:
             self._count_drop(reason, len(chosen))
+
+    def _idle(self) -> None:
+        """The hand-off thread has nothing queued: score waiting labels, emit the worker's spans."""
+        self._label_book.drain(final=lambda: self._handoff.pending == 0)
+        self._emit_worker_spans()
+
+    def _tags_of(self, call: "_Call", chosen: list[int]) -> list[dict[str, str]]:
+        """The sampled frames' tags (hand-off thread); a failing tags() is counted, frames go on untagged."""
+        try:
+            bound = call.target.signature.bind_partial(*call.args, **call.kwargs).arguments
+            others = {k: v for k, v in bound.items() if v is not call.frames and k not in ("self", "cls")}
+            tags = tags_per_frame(call.target.options["tags"](call.frames, **others), call.n)
+            return [tags[i] for i in chosen]
+        except Exception as problem:  # noqa: BLE001
+            self._count_error("tags", problem)
+            return [{} for _ in chosen]
+
+    def _feature_rows(self, value: Any, n: int) -> np.ndarray | None:
+        """What features() returned as float32 [n, d] (hand-off thread), or None (counted)."""
+        try:
+            parts = value if isinstance(value, (list, tuple)) else [value]
+            arrays = [np.asarray(to_numpy(p) if to_numpy(p) is not None else p, np.float32).reshape(n, -1) for p in parts]
+            rows = np.ascontiguousarray(np.concatenate(arrays, axis=1))
+            if not np.isfinite(rows).all():
+                raise ValueError("features() returned NaN or infinite values")
+            return rows
+        except Exception as problem:  # noqa: BLE001
+            self._count_error("features", problem)
+            return None
 
     def _emit_worker_spans(self) -> None:
         """Turn the worker's span records into spans (hand-off thread, between calls)."""
@@ -299,6 +376,30 @@ class Exporter:
             self._logged.add(stage)
             log.warning("virk-exporter: monitoring error at stage %r (logged once per stage): %s", stage, problem)
 
+    # ----------------------------------------------------------------- frame ids, late labels
+    def last_frame_ids(self) -> range:
+        """The frame ids of the latest monitored call in this thread (or asyncio task): one per
+        frame of the batch, in order; empty when its frames could not be read. The same ids are
+        on the call's span (``virk.frame_id.first``), in the recorder and in bundles."""
+        return self._frame_ids.get()
+
+    def record_label(self, frame_id: int, label: Any) -> None:
+        """Ground truth for one frame, whenever it arrives. Never blocks, never raises: the
+        label is scored on the hand-off thread (``virk_labels_total``, ``virk_label_accuracy``)."""
+        self._label_book.submit((frame_id,), (label,))
+
+    def record_labels(self, frame_ids: Any, labels: Any = None) -> None:
+        """Many labels at once: ``record_labels(ids, labels)`` or ``record_labels({id: label})``."""
+        try:
+            if labels is None:
+                items = dict(frame_ids)
+                frame_ids, labels = list(items), list(items.values())
+            elif len(frame_ids) != len(labels):
+                raise ValueError(f"record_labels: {len(frame_ids)} frame ids but {len(labels)} labels")
+            self._label_book.submit(frame_ids, labels)
+        except Exception as problem:  # noqa: BLE001 - monitoring never reaches the caller
+            self._count_error("labels", problem)
+
     # ----------------------------------------------------------------- worker access
     @property
     def ready(self) -> bool:
@@ -314,6 +415,7 @@ class Exporter:
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until the worker has processed everything sent so far (and export its spans)."""
         self._handoff.drain(timeout)
+        self._label_book.drain(final=lambda: self._handoff.pending == 0)
         self._worker.flush(timeout)
         if self._tracer is not None:
             self._emit_worker_spans()
@@ -401,6 +503,7 @@ class _Call:
     first_id: int = 0
     sources: list[str] = field(default_factory=list)
     chosen: list[int] = field(default_factory=list)
+    features: Any = None  # what the target's features() returned (converted on the hand-off thread)
 
 
 def _frames_locator(function: Callable, frames_arg: str | int | None) -> Callable[[tuple, dict], Any]:

@@ -18,6 +18,12 @@ STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 BUNDLE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
+DROP_REASONS = ("queue_full", "batch_too_large", "worker_down", "not_started")
+CALLER_STAGES = ("input", "caller", "handoff", "worker", "http", "tracing")
+WORKER_STAGES = ("normalize", "record", "properties", "embed", "drift", "fingerprint", "reference", "control")
+BUNDLE_OUTCOMES = ("uploaded", "spooled", "failed", "duplicate", "resolved")
+
+
 class CallerMetrics:
     """Families filled in the caller's process (cheap updates on the predict path)."""
 
@@ -40,6 +46,23 @@ class CallerMetrics:
             "virk_errors", "Monitoring errors by stage (never raised to the caller).", ["model", "stage"], registry=registry
         )
         self.queue_depth = Gauge("virk_queue_depth", "Batches waiting for the monitoring worker.", ["model"], registry=registry)
+        # Late labels are scored in the caller's process (see labels.py: the ledger lives there).
+        self.labels_total = Counter(
+            "virk_labels",
+            "Labels received by record_label, by outcome (correct, incorrect, no_prediction, duplicate, expired, unknown).",
+            ["model", "source", "outcome"],
+            registry=registry,
+        )
+        self.label_accuracy = Gauge(
+            "virk_label_accuracy", "Fraction correct among the source's most recent scored labels.", ["model", "source"], registry=registry
+        )
+
+    def start_at_zero(self, model: str) -> None:
+        """Create every known label set at 0, so rate()/increase() see the first event."""
+        for reason in DROP_REASONS:
+            self.dropped.labels(model, reason)
+        for stage in CALLER_STAGES:
+            self.errors.labels(model, stage)
 
 
 class WorkerMetrics:
@@ -81,8 +104,23 @@ class WorkerMetrics:
         self.errors = Counter(
             "virk_errors", "Monitoring errors by stage (never raised to the caller).", ["model", "stage"], registry=registry
         )
+        self.slice_drift_score = Gauge(
+            "virk_slice_drift_score",
+            "Standardized drift statistic of the top significant slices (tag key=value) while drift is detected.",
+            ["model", "source", "slice"],
+            registry=registry,
+        )
         self.recorder_frames = Gauge("virk_recorder_frames", "Frames held by the flight recorder.", ["model"], registry=registry)
         self.recorder_bytes = Gauge("virk_recorder_bytes", "Compressed bytes held by the flight recorder.", ["model"], registry=registry)
+
+    def start_at_zero(self, model: str) -> None:
+        """Create every known label set at 0, so rate()/increase() see the first event."""
+        for stage in WORKER_STAGES:
+            self.errors.labels(model, stage)
+        for outcome in BUNDLE_OUTCOMES:
+            self.bundles.labels(model, outcome)
+        self.recorder_frames.labels(model)
+        self.recorder_bytes.labels(model)
 
 
 def merge_families(*sources: Iterable[Metric]) -> list[Metric]:

@@ -72,6 +72,8 @@ class Monitor:
             {"virk.model": self.model, "virk.source": sorted(set(meta["sources"])), "virk.frame_ids": list(meta["frame_ids"])},
             links,
         )
+        outputs, features = _split_features(outputs, int(meta.get("feature_columns") or 0))
+        tags = meta.get("tags") or [{}] * len(meta["frame_ids"])
         try:
             with self.stage("normalize"):
                 rgb = frame_io.normalize(frame_io.Captured(frames, meta["channels_first"]), meta["color"])
@@ -87,11 +89,12 @@ class Monitor:
                         trace_id=meta.get("trace_id"),
                         span_id=meta.get("span_id"),
                         output=_per_frame_output(meta.get("output"), outputs, i),
+                        tags=tags[i],
                     )
                     for i, (frame_id, source, frame) in enumerate(zip(meta["frame_ids"], meta["sources"], rgb))
                 ]
             with self.lock:
-                self.analysis.process(self, rgb, outputs, recorded, meta)
+                self.analysis.process(self, rgb, features if self.config.embedder == "features" else outputs, recorded, meta)
                 for frame in recorded:
                     self.recorder.add(frame)
                 self.frames_processed += len(recorded)
@@ -134,6 +137,14 @@ class Monitor:
 
     def close(self) -> None:
         self.analysis.close()
+
+
+def _split_features(outputs: np.ndarray | None, columns: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``monitor(features=...)`` rows travel as the last ``columns`` columns of the outputs."""
+    if outputs is None or columns <= 0:
+        return outputs, None
+    scores = outputs[:, :-columns]
+    return (scores if scores.shape[1] else None), outputs[:, -columns:]
 
 
 def _per_frame_output(summary: dict[str, Any] | None, outputs: np.ndarray | None, index: int) -> dict[str, Any] | None:

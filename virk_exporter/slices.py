@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
 import numpy as np
+import torch
 from scipy.stats import false_discovery_control
 
 MAX_TAGS = 8  # keys kept per frame (sorted by key)
@@ -89,7 +90,7 @@ class SliceResult:
 @dataclass(frozen=True)
 class SliceRanking:
     slices: list[SliceResult]  # tested slices, significant first, then by score
-    untested: dict[str, int]  # slices below min_support (or beyond MAX_SLICES): their support
+    untested: dict[str, int]  # slices below min_support, beyond MAX_SLICES, or holding every frame: their support
     frames: int  # frames in the recent buffer the ranking looked at
     min_support: int
     fdr: float
@@ -129,8 +130,9 @@ def _median_sigma(x: np.ndarray) -> float:
 
 
 def _sq_dist(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    d = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * x @ y.T
-    return np.maximum(d, 0.0)
+    xt, yt = torch.from_numpy(np.ascontiguousarray(x, np.float64)), torch.from_numpy(np.ascontiguousarray(y, np.float64))
+    d = (xt * xt).sum(1)[:, None] + (yt * yt).sum(1)[None, :] - 2.0 * xt @ yt.T
+    return d.clamp_min_(0.0).numpy()
 
 
 def slice_test(reference: np.ndarray, sample: np.ndarray, gamma: float, n_permutations: int, rng: np.random.Generator) -> tuple[float, float, float]:
@@ -153,8 +155,11 @@ def slice_test(reference: np.ndarray, sample: np.ndarray, gamma: float, n_permut
     t = np.zeros((n_permutations + 1, big_n), np.float32)
     np.put_along_axis(t[:-1], keep, 1.0, axis=1)
     t[-1, n:] = 1.0  # the observed split
-    s_tt = ((t @ k.astype(np.float32)) * t).sum(1, dtype=np.float64)
-    cross = t.astype(np.float64) @ rows - s_tt
+    # torch for the one product that matters: NumPy's BLAS would spread these small matrices
+    # over threads (and cores the model needs); the worker runs torch single-threaded.
+    tt = torch.from_numpy(t)
+    s_tt = ((tt @ torch.from_numpy(k.astype(np.float32))) * tt).sum(1, dtype=torch.float64).numpy()
+    cross = (tt.double() @ torch.from_numpy(rows)).numpy() - s_tt
     s_rr = total - s_tt - 2.0 * cross
     mmd2 = s_rr / (n * (n - 1)) + s_tt / (m * (m - 1)) - 2.0 * cross / (n * m)
     observed, permuted = float(mmd2[-1]), mmd2[:-1]
@@ -189,7 +194,10 @@ def rank_slices(
         for key, value in frame_tags.items():
             members.setdefault(f"{key}={value}", []).append(i)
     support = Counter({name: len(idx) for name, idx in members.items()})
-    candidates = [name for name, count in sorted(support.items(), key=lambda kv: (-kv[1], kv[0])) if count >= max(2, min_support)]
+    # A slice holding every frame (a tag all frames share) is the source itself: it says nothing about where.
+    candidates = [
+        name for name, count in sorted(support.items(), key=lambda kv: (-kv[1], kv[0])) if max(2, min_support) <= count < len(embeddings)
+    ]
     tested, untested = candidates[:max_slices], {n: c for n, c in support.items() if n not in candidates[:max_slices]}
     b = n_permutations or n_permutations_for(len(tested), fdr)
     if not tested or len(reference) < 2:

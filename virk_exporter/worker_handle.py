@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -28,9 +28,14 @@ class WorkerError(RuntimeError):
 
 
 class WorkerHandle:
-    def __init__(self, config: ExporterConfig, reference_frames: np.ndarray | None) -> None:
+    def __init__(self, config: ExporterConfig, reference_frames: np.ndarray | None, on_restart: Callable[[str], None] = lambda why: None) -> None:
         self.config = config
-        self._reference_frames = reference_frames
+        self._reference_frames = reference_frames  # kept: a restarted worker needs them again
+        self._on_restart = on_restart
+        self._sticky: dict[str, tuple] = {}  # posts a restarted worker must receive again
+        self._restart_at = 0.0
+        self._backoff = 1.0
+        self._closed = False
         self._process: subprocess.Popen | None = None
         self._arena: Arena | None = None
         self._producer: FrameProducer | None = None
@@ -58,7 +63,8 @@ class WorkerHandle:
         self._producer = FrameProducer(self._arena, frames_ours, self.config.queue_batches)
         self._control = control_ours
         self._control.send((None, "init", (self.config, self._reference_frames)))
-        self._reference_frames = None
+        for command, args in self._sticky.items():
+            self._control.send((None, command, args))
 
     # ------------------------------------------------------------------ state
     @property
@@ -88,8 +94,22 @@ class WorkerHandle:
         if self._producer is None:
             return "not_started"
         if not self.alive:
+            self._maybe_restart()
             return "worker_down"
         return self._producer.try_put(frames, outputs, meta)
+
+    def _maybe_restart(self) -> None:
+        """Start a new worker after a crash, backing off (1 s, doubling to 60 s) if it keeps dying."""
+        now = time.monotonic()
+        if self._closed or now < self._restart_at:
+            return
+        why = f"the monitoring worker exited with status {self._process.returncode}; starting a new one (recorder and learned references start over)"
+        log.warning("virk-exporter: %s", why)
+        self._on_restart(why)
+        self._restart_at, self._backoff = now + self._backoff, min(self._backoff * 2, 60.0)
+        with self._control_lock:
+            self._release()
+            self.start()
 
     def span_records(self) -> list[Any]:
         """Span records the worker has sent back so far (see tracing.SpanRecord)."""
@@ -103,9 +123,11 @@ class WorkerHandle:
         return records
 
     # ------------------------------------------------------------------ control
-    def post(self, command: str, *args: Any) -> None:
-        """A one-way command (no answer awaited)."""
+    def post(self, command: str, *args: Any, sticky: bool = False) -> None:
+        """A one-way command (no answer awaited); a sticky one is repeated to a restarted worker."""
         with self._control_lock:
+            if sticky:
+                self._sticky[command] = args
             self._control.send((None, command, args))
 
     def request(self, command: str, *args: Any, timeout: float = 30.0) -> Any:
@@ -131,8 +153,9 @@ class WorkerHandle:
         self.request("flush", sent, timeout, timeout=timeout + 5.0)
 
     def close(self, timeout: float) -> None:
-        if self._process is None:
+        if self._process is None or self._closed:
             return
+        self._closed = True
         try:
             if self.alive:
                 self._producer.send_close()
@@ -142,13 +165,17 @@ class WorkerHandle:
             self._process.kill()
             self._process.wait()
         finally:
-            leftover = self.span_records()
-            with self._events_lock:
-                self._events.close()
-                self._events = None
-            self._leftover = leftover
-            self._producer.connection.close()
-            self._control.close()
-            self._arena.close()
-            self._producer = None
-            self._control = None
+            self._release()
+
+    def _release(self) -> None:
+        """Close our ends of the pipes and the arena (the worker has exited)."""
+        leftover = self.span_records()
+        with self._events_lock:
+            self._events.close()
+            self._events = None
+        self._leftover = leftover
+        self._producer.connection.close()
+        self._control.close()
+        self._arena.close()
+        self._producer = None
+        self._control = None

@@ -50,7 +50,7 @@ MIN_SCORE = 1.0  # a cause must reach this to be named; below it the window is "
 # wobbles the phase correlation by ~1.5 px / 0.4 deg and leaves ~25-level cell residuals
 # (zoom blur), exposure clipping bends channel ratios by a few percent.
 MIN_SHIFT_PX = 2.5  # camera translation, in reference-frame pixels
-MIN_ROTATION = 0.45  # degrees
+MIN_ROTATION = 0.4  # degrees (the quadrant fit reads a 0.75 deg turn as ~0.5-0.6)
 MIN_LOCAL_LEVELS = 25.0  # gray levels a grid cell must move beyond the global gain/offset fit
 MIN_BRIGHTNESS_LEVELS = 8.0  # change of mean gray level for an exposure change
 MIN_CAST = 0.04  # change of log channel-spread ratio (about a 4% white-balance gain)
@@ -136,9 +136,12 @@ def _camera_shift(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, 
     rot = e.a("rotation") if abs(e.d("rotation")) >= MIN_ROTATION else 0.0
     if shift == 0.0 and rot == 0.0:
         return 0.0, "", ()
+    # Geometry is specific (+3), but strong blur wobbles phase correlation by ~2 px: discount
+    # by the blur evidence so a blurred view is not read as a bump.
+    bonus = 3.0 - e.s("sharpness", -1)
     if shift >= rot:
-        return shift + 3.0, f"translation {e.d('shift_px'):.1f} px", ("shift_px", "match")
-    return rot + 3.0, f"rotation {e.d('rotation'):+.2f} deg (under-read)", ("rotation", "match")
+        return shift + bonus, f"translation {e.d('shift_px'):.1f} px", ("shift_px", "match")
+    return rot + bonus, f"rotation {e.d('rotation'):+.2f} deg", ("rotation", "match")
 
 
 def _glare(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:

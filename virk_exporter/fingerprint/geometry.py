@@ -19,16 +19,18 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy import fft as sp_fft
 
 from virk_exporter.fingerprint.properties import SMALL
 
+LOWPASS_SIGMA = 0.12  # cycles/pixel: phase correlation trusts the frequencies blur keeps
 GRID = (6, 8)  # cells (rows, cols) on the 120x160 view: 20x20 pixels each
 
 GEOMETRY_NAMES: tuple[str, ...] = (
     "shift_px",  # translation magnitude, in reference-frame pixels
     "rotation",  # degrees (sign: image coordinates)
     "zoom",  # log scale factor
-    "match",  # mean phase-correlation peak response (1 = identical view)
+    "match",  # mean phase-correlation peak energy near the peak (about 1 = identical view)
     "local_bright",  # largest cell brightening left after a global gain/offset fit (gray levels)
     "local_dark",  # largest cell darkening left after that fit
     "local_flat",  # largest cell loss of texture, log std, relative to the median cell's change
@@ -77,37 +79,63 @@ def _cells(smalls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-# Phase correlation runs on the view halved again (80x60): four 40x30 quadrants are 4x
-# cheaper than at 160x120 and still resolve the smallest bump we care about (about 2 px at 640).
-PC_SIZE = (SMALL[0] // 2, SMALL[1] // 2)
-_QH, _QW = PC_SIZE[1] // 2, PC_SIZE[0] // 2
+# Phase correlation on 80x60 quadrants of the 160x120 view. (Halving once more is 4x cheaper
+# but halves the precision: a 4 px bump at 640 then reads as 2.5 px and small rotations vanish.)
+_QH, _QW = SMALL[1] // 2, SMALL[0] // 2
 _WINDOW = cv2.createHanningWindow((_QW, _QH), cv2.CV_32F)
 # Quadrant centres relative to the view centre, in small-view pixels.
-_CENTRES = np.array([[-_QW / 2, -_QH / 2], [_QW / 2, -_QH / 2], [-_QW / 2, _QH / 2], [_QW / 2, _QH / 2]]) * (SMALL[0] / PC_SIZE[0])
+_FY, _FX = np.meshgrid(sp_fft.fftfreq(_QH), sp_fft.rfftfreq(_QW), indexing="ij")
+_LOWPASS = np.exp(-(_FY**2 + _FX**2) / (2 * LOWPASS_SIGMA**2)).astype(np.float32)
+_CENTRES = np.array([[-_QW / 2, -_QH / 2], [_QW / 2, -_QH / 2], [-_QW / 2, _QH / 2], [_QW / 2, _QH / 2]])
 _QUADRANTS = [(slice(0, _QH), slice(0, _QW)), (slice(0, _QH), slice(_QW, None)), (slice(_QH, None), slice(0, _QW)), (slice(_QH, None), slice(_QW, None))]
+
+
+def _phase_correlate(reference: np.ndarray, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Batched phase correlation of every view's quadrants against the reference's.
+
+    Returns shifts (N, 4, 2) as (dx, dy) in view pixels and peak responses (N, 4). One batched
+    FFT for all frames and quadrants, with the reference's spectrum computed once (a per-call
+    ``cv2.phaseCorrelate`` redoes it and costs ~2x more here).
+    """
+    n = len(views)
+    quads = np.stack([views[:, q[0], q[1]] for q in _QUADRANTS], axis=1)  # (N, 4, QH, QW)
+    ref = np.stack([reference[q] for q in _QUADRANTS])  # (4, QH, QW)
+    ref_spec = sp_fft.rfft2((ref - ref.mean(axis=(1, 2), keepdims=True)) * _WINDOW, workers=1)
+    cur = (quads - quads.mean(axis=(2, 3), keepdims=True)) * _WINDOW
+    cross = sp_fft.rfft2(cur, workers=1) * np.conj(ref_spec)[None]
+    cross /= np.abs(cross) + 1e-9
+    cross *= _LOWPASS  # whitening would let blurred-away frequencies (pure noise) vote
+    corr = sp_fft.irfft2(cross, s=(_QH, _QW), workers=1).reshape(n * 4, _QH, _QW)
+    flat = corr.reshape(n * 4, -1).argmax(axis=1)
+    py, px = np.divmod(flat, _QW)
+    # Sub-pixel peak: weighted centroid of the 3x3 neighbourhood (circular indices).
+    offsets = np.arange(-1, 2)
+    rows = (py[:, None] + offsets[None]) % _QH  # (M, 3)
+    cols = (px[:, None] + offsets[None]) % _QW
+    patch = corr[np.arange(n * 4)[:, None, None], rows[:, :, None], cols[:, None, :]]  # (M, 3, 3)
+    weights = np.maximum(patch, 0.0)
+    total = weights.sum(axis=(1, 2)) + 1e-12
+    sub_y = (weights.sum(axis=2) * offsets).sum(axis=1) / total
+    sub_x = (weights.sum(axis=1) * offsets).sum(axis=1) / total
+    # Peaks past half the size wrap around to negative shifts.
+    dy = np.where(py > _QH // 2, py - _QH, py) + sub_y
+    dx = np.where(px > _QW // 2, px - _QW, px) + sub_x
+    shifts = np.stack([dx, dy], axis=1).reshape(n, 4, 2)
+    return shifts, total.reshape(n, 4)
 
 
 def compute_geometry(smalls: np.ndarray, reference: ReferenceView) -> dict[str, np.ndarray]:
     """Geometry properties (GEOMETRY_NAMES), one value per view in ``smalls`` (N, 120, 160)."""
     n = len(smalls)
-    shifts = np.empty((n, 4, 2))
-    responses = np.empty((n, 4))
-    ref_half = cv2.resize(reference.view, PC_SIZE, interpolation=cv2.INTER_AREA)
-    ref_quadrants = [np.ascontiguousarray(ref_half[q]) for q in _QUADRANTS]
-    for i in range(n):
-        half = cv2.resize(smalls[i], PC_SIZE, interpolation=cv2.INTER_AREA)
-        for k, q in enumerate(_QUADRANTS):
-            # Copies: OpenCV 5's phaseCorrelate multiplies its inputs by the window in place.
-            (dx, dy), resp = cv2.phaseCorrelate(ref_quadrants[k].copy(), np.ascontiguousarray(half[q]), _WINDOW)
-            shifts[i, k] = (dx, dy)
-            responses[i, k] = resp
-    shifts *= SMALL[0] / PC_SIZE[0]  # back to small-view pixels
-    # Similarity fit d_k = t + rot * perp(r_k) + zoom * r_k; the centres sum to zero.
-    t = shifts.mean(axis=1)
+    smalls = np.asarray(smalls, np.float32)
+    shifts, responses = _phase_correlate(reference.view, smalls)
+    # Similarity fit d_k = t + rot * perp(r_k) + zoom * r_k, made robust to one bad quadrant
+    # (an occluder or a textureless sky there): medians instead of least squares.
+    t = np.median(shifts, axis=1)
     rel = shifts - t[:, None, :]
-    r2 = float((_CENTRES**2).sum())
-    rot = (_CENTRES[None, :, 0] * rel[..., 1] - _CENTRES[None, :, 1] * rel[..., 0]).sum(axis=1) / r2
-    zoom = (_CENTRES[None, :, 0] * rel[..., 0] + _CENTRES[None, :, 1] * rel[..., 1]).sum(axis=1) / r2
+    r2 = (_CENTRES**2).sum(axis=1)
+    rot = np.median((_CENTRES[None, :, 0] * rel[..., 1] - _CENTRES[None, :, 1] * rel[..., 0]) / r2, axis=1)
+    zoom = np.median((_CENTRES[None, :, 0] * rel[..., 0] + _CENTRES[None, :, 1] * rel[..., 1]) / r2, axis=1)
     scale = float(reference.frame_size[1]) / SMALL[0]
 
     aligned = np.empty_like(smalls)
