@@ -344,7 +344,7 @@ def test_compose_config_validates(tmp_path):
     assert {"demo", "prometheus", "alertmanager", "grafana", "minio", "jaeger", "pager"} <= set(services)
     demo = services["demo"]
     assert demo["build"]["dockerfile"] == "Dockerfile" and (ROOT / "Dockerfile").exists()
-    assert demo["command"] == ["demo", "--host", "0.0.0.0", "--port", "9400", "--duration", "0", "--store", "s3://virk-incidents/demo"]
+    assert demo["command"] == ["demo", "--host", "0.0.0.0", "--port", "9400", "--duration", "0", "--store", "s3://virk-incidents/demo", "--no-self-page"]
     env = demo["environment"]
     assert env["VIRK_S3_ENDPOINT"] == "http://minio:9000"
     assert env["VIRK_S3_ACCESS_KEY"] == services["minio"]["environment"]["MINIO_ROOT_USER"]
