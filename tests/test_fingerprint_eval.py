@@ -5,6 +5,7 @@ photographs, one corruption per sub-kind at severity 3, in short windows, plus c
 """
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from virk_exporter import corruptions, photos
 
 _spec = importlib.util.spec_from_file_location("fingerprint_eval", Path(__file__).resolve().parents[1] / "benchmarks/fingerprint_eval.py")
 fingerprint_eval = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = fingerprint_eval  # dataclasses look their module up there
 _spec.loader.exec_module(fingerprint_eval)
 
 

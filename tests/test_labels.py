@@ -86,17 +86,26 @@ def test_evicted_unknown_duplicate_and_unscorable_labels_are_counted(exporter):
     recent = exporter.last_frame_ids()[0]
     describe(FRAME[None])
     unscorable = exporter.last_frame_ids()[0]
+
+    @exporter.monitor(source=lambda frames: "cam-e")
+    def crash(frames):
+        raise RuntimeError("model failed")
+
+    with pytest.raises(RuntimeError):
+        crash(FRAME[None])
+    crashed = exporter.last_frame_ids()[0]
     before = {o: metric(exporter, "virk_labels_total", outcome=o) for o in ("expired", "unknown", "duplicate", "no_prediction", "correct")}
     exporter.record_label(old, 1)  # evicted long ago: counted as expired, never raises
     exporter.record_label(recent, 1)
     exporter.record_label(recent, 0)  # a second label for the same frame: the first one counts
     exporter.record_label(unscorable, 1)
+    exporter.record_label(crashed, 1)
     for bogus in (10**12, -5, "not-an-id", None):
         exporter.record_label(bogus, 1)
     exporter.record_labels([1, 2], [1])  # mismatched lengths: a counted monitoring error
     exporter.flush()
     after = {o: metric(exporter, "virk_labels_total", outcome=o) for o in before}
-    assert {o: after[o] - before[o] for o in before} == {"expired": 1, "unknown": 4, "duplicate": 1, "no_prediction": 1, "correct": 1}
+    assert {o: after[o] - before[o] for o in before} == {"expired": 1, "unknown": 4, "duplicate": 1, "no_prediction": 2, "correct": 1}
     assert metric(exporter, "virk_labels_total", outcome="expired", source="unknown") >= 1
     assert metric(exporter, "virk_errors_total", stage="labels") >= 1
 

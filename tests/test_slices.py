@@ -7,6 +7,8 @@ import torch
 
 from helpers import exposition, sample_value
 from virk_exporter import Exporter
+from virk_exporter.incidents.bundle import read_bundle
+from virk_exporter.incidents.webhook import make_alert_payload, parse_notification
 from virk_exporter.slices import MAX_TAG_CHARS, MAX_TAGS, n_permutations_for, normalize_tags, rank_slices, tags_per_frame
 
 D = 16
@@ -138,6 +140,17 @@ def test_exporter_ranks_the_drifting_site_and_exports_its_score(tmp_path):
         status = exp.request("status")["sources"]["default"]
         snapshot = exp.request("snapshot")
         text = exposition(exp)
+        exp.request("alert", parse_notification(make_alert_payload("slices", labels={"source": "default"}, fingerprint="5ce5")))
+        for step in range(8):  # s3 recovers: the drift clears and its slice series goes away
+            batch_sites = [sites[(step * 16 + i) % 10] for i in range(16)]
+            predict(np.stack([_frame(rng, i) for i in range(16)]), sites=batch_sites)
+            exp.flush()
+        recovered = exp.request("status")["sources"]["default"]
+        after = exposition(exp)
+    bundle = read_bundle(next((tmp_path).glob("slices/5ce5/*/bundle.zip")))  # built before close() returned
+    ranking = bundle.manifest["diagnosis"]["default"]["slices"]
+    assert ranking["top"][0] == "site=s3" and ranking["method"].startswith("permutation MMD")
+    assert b"site=s3" in bundle.files["report.html"]
     assert status["detected"]
     slices = status["slices"]
     assert slices["top"][0] == "site=s3" and slices["slices"][0]["significant"]
@@ -146,3 +159,5 @@ def test_exporter_ranks_the_drifting_site_and_exports_its_score(tmp_path):
     assert 1 <= len(exported) <= 5 and not any("firmware=" in line for line in exported)
     assert snapshot[-1].tags["firmware"] == "2.1" and snapshot[-1].tags["site"] in sites
     assert sample_value(text, "virk_errors_total", stage="tags") == 1.0
+    assert not recovered["detected"] and recovered["slices"] is None
+    assert "virk_slice_drift_score{" not in after

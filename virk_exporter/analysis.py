@@ -192,8 +192,11 @@ class Analysis:
         with monitor.stage("fingerprint"):
             diagnosis = state.baseline.fingerprinter.diagnose(properties=state.window_properties(), embedding_drift=update.drift)
         self._publish(state, update, diagnosis, recorded[-1].timestamp)
-        with monitor.stage("slices"):
-            self._rank_slices(state, update)
+        try:
+            with monitor.stage("slices"):
+                self._rank_slices(state, update)
+        except Exception:  # noqa: BLE001 - counted by the stage; a failed ranking must not cost the batch its recording
+            pass
         event = {
             "virk.source": state.name,
             "virk.drift.statistic": update.statistic,

@@ -25,7 +25,8 @@ class ExporterConfig:
     color: ColorOrder = "rgb"
     sample: float | int = 1.0  # a rate in (0, 1], or an int N >= 1: every N-th frame
     max_sources: int = 32  # distinct `source` label values; the rest become "other"
-    embedder: Literal["image", "outputs"] = "image"  # drift features: the seeded image encoder, or predict's scores
+    # drift features: the seeded image encoder, predict's scores, or monitor(features=...)'s rows
+    embedder: Literal["image", "outputs", "features"] = "image"
     reference_frames: int = 64  # frames per source learned as reference when none is given
     window: int = 64  # frames per drift test window, per source
     test_every: int = 32  # new frames between drift tests, per source

@@ -29,7 +29,7 @@ from prometheus_client.metrics_core import Metric
 from virk_exporter import frames as frame_io
 from virk_exporter.config import ExporterConfig, check_sample
 from virk_exporter.handoff import Handoff
-from virk_exporter.labels import LabelBook, predictions_of
+from virk_exporter.labels import RAISED, LabelBook
 from virk_exporter.metrics import CallerMetrics, merge_families
 from virk_exporter.outputs import output_rows, output_summary, to_numpy
 from virk_exporter.slices import tags_per_frame
@@ -82,7 +82,7 @@ class Exporter:
         self._tracing_resolved = False
         # Late labels (labels.py): the prediction ledger, kept on the hand-off thread.
         self._label_book = LabelBook(
-            self.model, self.metrics.labels_total, self.metrics.label_accuracy, lambda: self._next_id, label_memory, label_window
+            self.model, self.metrics.labels_total, self.metrics.label_accuracy, lambda: self._next_id, label_memory, label_window, self._count_error
         )
         self._frame_ids: contextvars.ContextVar[range] = contextvars.ContextVar(f"virk_frame_ids_{id(self)}", default=range(0))
         self._handoff = Handoff(self._account, self._count_error, self.config.queue_batches, idle=self._idle)
@@ -213,13 +213,13 @@ class Exporter:
                 call.first_id = self._next_id
                 self._next_id += call.n
             self._frame_ids.set(range(call.first_id, call.first_id + call.n))
-            if target.options["features"] is not None and error is None:
-                try:
+            call.sources = self._sources_of(target.options["source"], target.signature, call.frames, args, kwargs, call.n)
+            call.chosen = self._sample(target.options["sample"], call.n)
+            if target.options["features"] is not None and error is None and call.chosen:
+                try:  # user code on the caller's thread: it returns references (see monitor's doc)
                     call.features = target.options["features"](result)
                 except Exception as problem:  # noqa: BLE001
                     self._count_error("features", problem)
-            call.sources = self._sources_of(target.options["source"], target.signature, call.frames, args, kwargs, call.n)
-            call.chosen = self._sample(target.options["sample"], call.n)
             if span is not None:
                 # The call's frames carry ids first_id .. first_id + batch_size - 1 (cheaper than a list).
                 sources = set(call.sources)
@@ -247,13 +247,11 @@ class Exporter:
         self._duration.observe(call.duration, exemplar)
         if shed is None:
             return
-        try:
-            predicted = predictions_of(call.result, call.n, call.target.options["predicted"]) if call.error is None else None
-        except Exception as problem:  # noqa: BLE001 - a bad predicted() only costs the labels
-            self._count_error("labels", problem)
-            predicted = None
-        self._label_book.record(call.first_id, call.sources, predicted)
-        self._label_book.drain()
+        # Late labels: note the call for the prediction ledger; score waiting labels (not on the
+        # caller's thread, where a shed call is accounted).
+        self._label_book.record(call.first_id, call.sources, call.result if call.error is None else RAISED, call.target.options["predicted"])
+        if not shed:
+            self._label_book.drain()
         sources, chosen = call.sources, call.chosen
         for name in dict.fromkeys(sources):
             self._source_counters(name)[0].inc(sources.count(name), exemplar)
@@ -316,7 +314,7 @@ class Exporter:
         """What features() returned as float32 [n, d] (hand-off thread), or None (counted)."""
         try:
             parts = value if isinstance(value, (list, tuple)) else [value]
-            arrays = [np.asarray(to_numpy(p) if to_numpy(p) is not None else p, np.float32).reshape(n, -1) for p in parts]
+            arrays = [np.asarray(p if to_numpy(p) is None else to_numpy(p), np.float32).reshape(n, -1) for p in parts]
             rows = np.ascontiguousarray(np.concatenate(arrays, axis=1))
             if not np.isfinite(rows).all():
                 raise ValueError("features() returned NaN or infinite values")
@@ -394,8 +392,10 @@ class Exporter:
             if labels is None:
                 items = dict(frame_ids)
                 frame_ids, labels = list(items), list(items.values())
-            elif len(frame_ids) != len(labels):
-                raise ValueError(f"record_labels: {len(frame_ids)} frame ids but {len(labels)} labels")
+            else:  # copies: the caller may reuse its buffers once we return
+                frame_ids, labels = list(frame_ids), list(labels)
+                if len(frame_ids) != len(labels):
+                    raise ValueError(f"record_labels: {len(frame_ids)} frame ids but {len(labels)} labels")
             self._label_book.submit(frame_ids, labels)
         except Exception as problem:  # noqa: BLE001 - monitoring never reaches the caller
             self._count_error("labels", problem)
@@ -415,7 +415,9 @@ class Exporter:
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until the worker has processed everything sent so far (and export its spans)."""
         self._handoff.drain(timeout)
-        self._label_book.drain(final=lambda: self._handoff.pending == 0)
+        # Labels queued so far are scored now (their calls were accounted before the marker);
+        # only the idle hand-off thread may declare a still-missing frame unknown.
+        self._label_book.drain()
         self._worker.flush(timeout)
         if self._tracer is not None:
             self._emit_worker_spans()

@@ -35,6 +35,7 @@ import numpy as np
 from virk_exporter.outputs import to_numpy
 
 UNKNOWN_SOURCE = "unknown"
+RAISED = object()  # the result of a call that raised: its frames have no prediction
 PENDING_S = 60.0  # a label whose frame was issued but not yet accounted waits at most this long
 MAX_PENDING = 100_000
 MAX_CODES = 1 << 20  # distinct predicted values remembered (more: no_prediction)
@@ -88,6 +89,7 @@ class LabelBook:
         issued: Callable[[], int],
         capacity: int = 1 << 20,
         window: int = 500,
+        on_error: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         if capacity <= 0 or window <= 0:
             raise ValueError("label_memory and label_window must be positive")
@@ -97,7 +99,9 @@ class LabelBook:
         self._issued = issued  # the next frame id the exporter will issue
         self.capacity = int(capacity)
         self.window = int(window)
+        self._on_error = on_error
         self._incoming: deque = deque()  # (frame_ids, labels, submitted_at) from any thread
+        self._records: deque = deque()  # (first_id, sources, result, predicted) of accounted calls
         self._pending: list[tuple[int, Any, float]] = []
         self._lock = threading.Lock()  # hand-off thread vs flush()
         self._ids: np.ndarray | None = None
@@ -124,29 +128,38 @@ class LabelBook:
         self._code = np.full(self.capacity, -1, np.int32)
         self._labelled = np.zeros(self.capacity, np.bool_)
 
-    def record(self, first_id: int, sources: list[str], predictions: list[Any] | None) -> None:
-        """Remember one call's frames (ids ``first_id .. first_id + len(sources) - 1``)."""
+    def record(self, first_id: int, sources: list[str], result: Any, predicted: Callable[[Any], Iterable[Any]] | None = None) -> None:
+        """Note one call (frame ids ``first_id ..``, its result). Only a deque append: a shed call
+        is accounted on the caller's thread, so the ledger work waits for :meth:`drain`."""
+        self._records.append((first_id, sources, result, predicted))
+
+    def _apply(self, first_id: int, sources: list[str], result: Any, predicted: Callable[[Any], Iterable[Any]] | None) -> None:
         n = len(sources)
         if n == 0:
             return
-        with self._lock:
-            if self._ids is None:
-                self._allocate()
-            if n > self.capacity:  # only the newest frames of a giant batch fit
-                first_id, sources = first_id + n - self.capacity, sources[-self.capacity :]
-                predictions = predictions[-self.capacity :] if predictions is not None else None
-                n = self.capacity
-            ids = first_id + np.arange(n)
-            pos = ids % self.capacity
-            # Calls can be accounted out of order (a shed call is accounted on the caller's
-            # thread, ahead of queued ones): a slot never goes back to an older frame.
-            newer = self._ids[pos] < ids
-            pos = pos[newer]
-            self._ids[pos] = ids[newer]
-            self._source[pos] = np.array([self._source_index(s) for s in sources], np.int16)[newer]
-            codes = [self._code_of(v) for v in predictions] if predictions is not None else [-1] * n
-            self._code[pos] = np.array(codes, np.int32)[newer]
-            self._labelled[pos] = False
+        try:
+            predictions = predictions_of(result, n, predicted) if result is not RAISED else None
+        except Exception as problem:  # noqa: BLE001 - a bad predicted() costs the labels only
+            if self._on_error is not None:
+                self._on_error("labels", problem)
+            predictions = None
+        if self._ids is None:
+            self._allocate()
+        if n > self.capacity:  # only the newest frames of a giant batch fit
+            first_id, sources = first_id + n - self.capacity, sources[-self.capacity :]
+            predictions = predictions[-self.capacity :] if predictions is not None else None
+            n = self.capacity
+        ids = first_id + np.arange(n)
+        pos = ids % self.capacity
+        # Calls can be accounted out of order (a shed call is accounted on the caller's
+        # thread, ahead of queued ones): a slot never goes back to an older frame.
+        newer = self._ids[pos] < ids
+        pos = pos[newer]
+        self._ids[pos] = ids[newer]
+        self._source[pos] = np.array([self._source_index(s) for s in sources], np.int16)[newer]
+        codes = [self._code_of(v) for v in predictions] if predictions is not None else [-1] * n
+        self._code[pos] = np.array(codes, np.int32)[newer]
+        self._labelled[pos] = False
 
     def _source_index(self, name: str) -> int:
         index = self._sources.get(name)
@@ -171,6 +184,8 @@ class LabelBook:
         """Score queued labels. ``final`` (or a callable checked after taking the queue): every
         call issued before these labels has been accounted, so a frame still missing is unknown."""
         with self._lock:
+            while self._records:
+                self._apply(*self._records.popleft())
             if not self._incoming and not self._pending:
                 return
             items = []

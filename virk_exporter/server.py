@@ -160,9 +160,13 @@ def make_asgi_app(exporter: Any) -> Callable:
             chunks.append(chunk)
             if not event.get("more_body"):
                 break
+        path = scope.get("path", "/")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):  # mounted (Starlette >= 0.33 keeps the full path in scope["path"])
+            path = path[len(root) :] or "/"
         request = Request(
             method=scope["method"],
-            path=scope.get("path", "/"),
+            path=path,
             query=urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1")),
             headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])},
             body=b"".join(chunks),

@@ -136,9 +136,10 @@ def _camera_shift(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, 
     rot = e.a("rotation") if abs(e.d("rotation")) >= MIN_ROTATION else 0.0
     if shift == 0.0 and rot == 0.0:
         return 0.0, "", ()
-    # Geometry is specific (+3), but strong blur wobbles phase correlation by ~2 px: discount
-    # by the blur evidence so a blurred view is not read as a bump.
-    bonus = 3.0 - e.s("sharpness", -1)
+    # Geometry is specific (+3), but strong blur wobbles phase correlation by ~2 px, and
+    # particles falling through a low-texture view (snow) drag it along: discount by the blur
+    # evidence and by frame-to-frame change (after a bump the camera is still again).
+    bonus = 3.0 - e.s("sharpness", -1) - e.s("frame_diff")
     if shift >= rot:
         return shift + bonus, f"translation {e.d('shift_px'):.1f} px", ("shift_px", "match")
     return rot + bonus, f"rotation {e.d('rotation'):+.2f} deg", ("rotation", "match")
@@ -160,17 +161,17 @@ def _occlusion(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tup
     return score, f"region darker by {local:.0f} levels", ("local_dark", "local_flat")
 
 
-def _compression(e, cur):
+def _compression(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
     return e.s("blockiness") + 1.0 * (e.s("blockiness") > 0), "jpeg", ("blockiness", "noise")
 
 
-def _resolution(e, cur):
+def _resolution(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
     # Noise and rain streaks also make textured spans with equal neighbours, far less often.
     weather_like = min(e.s("haze"), e.s("brightness"))
     return e.s("flat_pairs") - e.s("noise") - weather_like, "pixelation", ("flat_pairs", "sharpness")
 
 
-def _noise(e, cur):
+def _noise(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
     sensor, specks = e.s("noise"), min(e.s("specks_bright"), e.s("specks_dark"))
     weather_like = min(e.s("haze"), e.s("brightness"))  # rain/snow also add specks
     # Salt-and-pepper saturates isolated pixels while barely moving the robust sigma; heavy
@@ -183,18 +184,23 @@ def _noise(e, cur):
     return score, kind, ("noise", "impulses", "specks_bright", "specks_dark")
 
 
-def _weather(e, cur):
-    # Airlight: brighter, hazier (dark channel up), without the contrast gain of exposure.
-    score = min(e.s("haze"), e.s("brightness")) - e.s("contrast")
+def _weather(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
+    # Fog: airlight makes the view brighter and hazier (dark channel up) without the contrast
+    # gain of exposure. Rain and snow: brighter, and different in every frame (falling
+    # particles), which no exposure, glare or fog change does; noise also raises frame
+    # differences but does not brighten the view.
+    fog = min(e.s("haze"), e.s("brightness")) - e.s("contrast")
+    precipitation = min(e.s("frame_diff"), e.s("brightness"))
     specks = e.s("specks_bright")
-    if specks > 1.0:
+    if precipitation > fog:
         kind = "rain" if e.s("specks_dark") > 0.6 * specks else "snow"
     else:
         kind = "fog"
-    return score + 0.5 * specks, kind, ("haze", "brightness", "contrast", "specks_bright", "saturation")
+    score = max(fog, precipitation) + 0.5 * specks
+    return score, kind, ("haze", "brightness", "contrast", "frame_diff", "specks_bright", "saturation")
 
 
-def _color_shift(e, cur):
+def _color_shift(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
     # The reference spread of a channel ratio is tiny, so the robust effect size is huge for
     # any change; the physical size of the change is the better strength.
     change = max(abs(e.d("cast_r")) * (e.a("cast_r") > 0), abs(e.d("cast_b")) * (e.a("cast_b") > 0))
@@ -203,7 +209,7 @@ def _color_shift(e, cur):
     return float(np.log1p(change / CAST_UNIT)), "white balance", ("cast_r", "cast_b", "saturation")
 
 
-def _brightness(e, cur):
+def _brightness(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
     if abs(e.d("brightness")) < MIN_BRIGHTNESS_LEVELS:
         return 0.0, "", ()
     sign = 1.0 if e.d("brightness") >= 0 else -1.0
@@ -212,12 +218,12 @@ def _brightness(e, cur):
     return score, "over-exposure" if sign > 0 else "under-exposure", ("brightness", "contrast", "highlights", "shadows")
 
 
-def _contrast(e, cur):
+def _contrast(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
     sign = 1.0 if e.d("contrast") >= 0 else -1.0
     return e.s("contrast", sign) - e.a("brightness"), "higher" if sign > 0 else "lower", ("contrast", "haze")
 
 
-def _blur(e, cur):
+def _blur(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
     score = e.s("sharpness", -1) - e.s("noise")
     if e.s("sharp_center") > 0.5 * e.s("sharpness", -1):
         kind = "zoom"
@@ -310,8 +316,8 @@ class Fingerprinter:
             ref_hw = tuple(int(x) for x in self.reference_view.frame_size)
             if rgb.shape[1:3] != ref_hw:
                 notes.append(f"frame size {rgb.shape[2]}x{rgb.shape[1]} differs from the reference's {ref_hw[1]}x{ref_hw[0]}")
-        if properties is None:
-            current = self.properties(rgb)
+        if properties is None:  # rgb is already RGB: do not apply self.color twice
+            current, _ = compute_properties_and_smalls(rgb, reference=self.reference_view, color="rgb")
         else:
             current = dict(properties)
             if rgb is not None and not all(k in current for k in GEOMETRY_NAMES):
