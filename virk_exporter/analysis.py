@@ -145,7 +145,18 @@ class Analysis:
         state = self.sources.get(name)
         if state is None:
             state = self.sources[name] = SourceAnalysis(name, self._given_baseline(name), self.config)
+            if state.baseline is not None:
+                self._publish_reference(state)
         return state
+
+    def _publish_reference(self, state: SourceAnalysis) -> None:
+        """Each image property's reference band, for dashboards to draw the live value against."""
+        for name, values in state.baseline.properties.items():
+            finite = np.asarray(values, np.float64)
+            finite = finite[np.isfinite(finite)]
+            if len(finite):
+                for q, value in zip(("0.05", "0.5", "0.95"), np.quantile(finite, (0.05, 0.5, 0.95))):
+                    self.metrics.image_property_reference.labels(self.model, state.name, name, q).set(float(value))
 
     def _given_baseline(self, name: str) -> Baseline | None:
         if self.shared_baseline is not None:
@@ -252,6 +263,7 @@ class Analysis:
                 features = self.embedder.embed(learned)
             state.watch(self._baseline(learned, features, "learned"))
             state.previous_frame = learned[-1]
+            self._publish_reference(state)
         log.info("source %r: reference learned from %d frames; drift tests start now", state.name, len(learned))
 
     def _baseline(self, frames: np.ndarray, embeddings: np.ndarray, origin: str) -> Baseline:

@@ -15,6 +15,7 @@ import os
 import secrets
 import time
 import urllib.request
+from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
@@ -104,12 +105,16 @@ class Feed:
         self._rng = np.random.default_rng(seed)
         self._order: list[int] = []
 
-    def next(self, incident: bool) -> np.ndarray:
+        # Ground truth for late labels: what the model says about the clean view of each frame.
+        self.truth = predict(self.clean).argmax(dim=1).tolist()
+
+    def next(self, incident: bool) -> tuple[np.ndarray, int]:
+        """The next frame (batch of one) and its true class."""
         if not self._order:
             self._order = list(self._rng.permutation(len(self.clean)))
         index = self._order.pop()
         frames = self.corrupted if incident else self.clean
-        return frames[index : index + 1]
+        return frames[index : index + 1], self.truth[index]
 
 
 def _post(url: str, token: str, body: bytes) -> int:
@@ -146,20 +151,27 @@ def run(
     on_tick: Callable[[Exporter], None] | None = None,
     self_page: bool = True,
     cycle: float = 150.0,
+    label_delay: float = 6.0,
 ) -> dict[str, Any]:
     """Run the demo; returns a summary (detections, bundles).
 
     ``duration`` 0 runs until Ctrl-C, repeating the scripted incidents every ``cycle`` seconds
     (each camera recovers near the end of a cycle, so alerts fire and resolve). ``self_page``
     posts each detection to the exporter's own webhook; turn it off when a real Alertmanager
-    pages the exporter (compose.yaml does).
+    pages the exporter (compose.yaml does). Ground-truth labels reach the exporter
+    ``label_delay`` seconds after each frame (``record_labels``), as late labels do: accuracy
+    falls after the drift is already on the dashboard. Frames are tagged with the camera's
+    ``shift`` (day/night, alternating every 10 s) so slices can be ranked.
     """
     console = console or Console()
     token = os.environ.get("VIRK_WEBHOOK_TOKEN") or secrets.token_urlsafe(16)
     options = {"reference_frames": 64, "window": 64, "test_every": 16, "hysteresis": 2, "webhook_token": token}
     options.update(exporter_options or {})
     exporter = Exporter(model=MODEL, store=store, **options)
-    monitored = exporter.monitor(source=lambda frames, camera: camera)(lambda frames, camera: predict(frames))
+    monitored = exporter.monitor(
+        source=lambda frames, camera, shift: camera,
+        tags=lambda frames, camera, shift: {"shift": shift},
+    )(lambda frames, camera, shift: predict(frames))
     summary: dict[str, Any] = {"detections": {}, "bundles": [], "alerts": [], "onsets": {}, "store": exporter.config.store}
     try:
         server = exporter.serve(host=host, port=port)
@@ -170,17 +182,25 @@ def run(
             exporter.wait_ready()
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         narrator = Narrator(exporter, console, summary, f"http://{local}:{server.port}/api/v1/alerts" if self_page else None, token)
-        _stream(exporter, monitored, feeds, duration or None, cycle if not duration else duration, fps, narrator, on_tick)
+        _stream(exporter, monitored, feeds, duration or None, cycle if not duration else duration, fps, narrator, on_tick, label_delay)
         summary["bundles"] = _wait_for_bundles(exporter, summary, console)
+        exporter.flush()
+        summary["accuracy"] = {
+            sample.labels["source"]: sample.value
+            for family in exporter.collect()
+            if family.name == "virk_label_accuracy"
+            for sample in family.samples
+        }
     finally:
         exporter.close()
     _print_summary(console, summary)
     return summary
 
 
-def _stream(exporter, monitored, feeds, duration: float | None, period: float, fps: float, narrator: "Narrator", on_tick) -> None:
+def _stream(exporter, monitored, feeds, duration: float | None, period: float, fps: float, narrator: "Narrator", on_tick, label_delay: float) -> None:
     """Feed the cameras at ``fps`` for ``duration`` seconds (None: until Ctrl-C)."""
     started = time.monotonic()
+    labels: deque[tuple[float, range, int]] = deque()  # (due, frame ids, true class)
     next_status = started + 1.0
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), TimeElapsedColumn(), console=narrator.console, transient=True) as bar:
         task = bar.add_task("streaming", total=duration)
@@ -189,11 +209,20 @@ def _stream(exporter, monitored, feeds, duration: float | None, period: float, f
             while duration is None or time.monotonic() - started < duration:
                 elapsed = time.monotonic() - started
                 phase = (elapsed % period) / period
+                shift = "day" if int(elapsed // 10) % 2 == 0 else "night"
                 for feed in feeds:
                     # a finite run keeps its incidents to the end; an endless one recovers each cycle
                     incident = feed.camera.starts_at <= phase < (1.0 if duration else 0.9)
                     narrator.incident(feed.camera, incident, elapsed)
-                    monitored(feed.next(incident), camera=feed.camera.name)
+                    frame, truth = feed.next(incident)
+                    monitored(frame, camera=feed.camera.name, shift=shift)
+                    labels.append((elapsed + label_delay, exporter.last_frame_ids(), truth))
+                due = []
+                while labels and labels[0][0] <= elapsed:
+                    _, ids, truth = labels.popleft()
+                    due += [(i, truth) for i in ids]
+                if due:
+                    exporter.record_labels(dict(due))
                 if time.monotonic() >= next_status:
                     next_status += 1.0
                     narrator.report(elapsed)
@@ -283,14 +312,16 @@ def _wait_for_bundles(exporter: Exporter, summary: dict[str, Any], console: Cons
 
 def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     table = Table(title="demo summary")
-    for column in ("camera", "scripted incident", "detected", "diagnosis"):
+    for column in ("camera", "scripted incident", "detected", "diagnosis", "accuracy (late labels)"):
         table.add_column(column)
     for camera in CAMERAS:
         detection = summary["detections"].get(camera.name)
         onset = summary["onsets"].get(camera.name)
         delay = f" after {detection['at'] - onset:.1f}s" if detection and onset else ""
+        accuracy = summary.get("accuracy", {}).get(camera.name)
         table.add_row(camera.name, f"{camera.incident} (severity {camera.severity})",
-                      f"yes{delay}" if detection else "no", detection["line"] if detection else "—")
+                      f"yes{delay}" if detection else "no", detection["line"] if detection else "—",
+                      "—" if accuracy is None else f"{accuracy:.0%}")
     console.print(table)
     for path in summary["bundles"]:
         console.print(f"incident bundle: [bold]{path}[/]")

@@ -95,6 +95,12 @@ class WorkerMetrics:
         self.image_property = Gauge(
             "virk_image_property", "Median of an image property over the latest window.", ["model", "source", "property"], registry=registry
         )
+        self.image_property_reference = Gauge(
+            "virk_image_property_reference",
+            "An image property's reference distribution (quantile 0.05, 0.5, 0.95): the band dashboards draw.",
+            ["model", "source", "property", "quantile"],
+            registry=registry,
+        )
         self.bundles = Counter(
             "virk_incident_bundles", "Incident bundles by outcome.", ["model", "outcome"], registry=registry
         )
