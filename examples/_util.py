@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from prometheus_client.exposition import generate_latest
 
 from virk_exporter import photos
 
@@ -19,13 +18,7 @@ def camera(scene: str, n: int, seed: int, dark: bool = False) -> np.ndarray:
 
 def metrics_text(exporter) -> str:
     """What the exporter's /metrics serves (the caller's and the worker's families)."""
-
-    class Families:
-        @staticmethod
-        def collect():
-            return exporter.collect()
-
-    return generate_latest(Families()).decode()
+    return exporter.exposition()[0].decode()
 
 
 def show(text: str, prefixes: tuple[str, ...]) -> None:

@@ -1,6 +1,5 @@
 """Small helpers shared by the tests."""
 
-from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -16,10 +15,4 @@ def sample_value(text: str, name: str, **labels: str) -> float:
 
 def exposition(exporter) -> str:
     """The exporter's /metrics text, without HTTP."""
-
-    class Families:
-        @staticmethod
-        def collect():
-            return exporter.collect()
-
-    return generate_latest(Families()).decode()
+    return exporter.exposition()[0].decode()

@@ -6,21 +6,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from helpers import sample_value
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 sys.path.insert(0, str(EXAMPLES))
-pytest.importorskip("skimage")  # the examples' frames are photographs shipped with scikit-image (test extra)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_torch_classifier_slices_and_late_labels(tmp_path):

@@ -3,7 +3,6 @@
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from helpers import exposition, sample_value
 from virk_exporter import Exporter
@@ -14,13 +13,7 @@ from virk_exporter.slices import MAX_TAG_CHARS, MAX_TAGS, n_permutations_for, no
 D = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The worker ranks slices single-threaded; on a shared CI box threads only add contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_tags_are_small_string_dicts():

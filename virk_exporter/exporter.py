@@ -24,6 +24,7 @@ import numpy as np
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 
 from virk_exporter import frames as frame_io
@@ -434,6 +435,16 @@ class Exporter:
         except Exception as problem:  # noqa: BLE001 - a scrape must still answer
             self._count_error("worker", problem)
         return merge_families(self.registry.collect(), worker_families)
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """What /metrics serves for this Accept header: (body, content type). OpenMetrics
+        (with exemplars) when asked for, else the Prometheus text format."""
+        encoder, content_type = choose_encoder(accept)
+
+        class Families:  # the encoders take anything with collect()
+            collect = staticmethod(self.collect)
+
+        return encoder(Families()), content_type
 
     # ----------------------------------------------------------------- HTTP
     def serve(self, host: str = "127.0.0.1", port: int = 9400) -> Any:

@@ -15,7 +15,6 @@ from socketserver import ThreadingMixIn
 from typing import Any, Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client.exposition import choose_encoder
 
 MAX_BODY = 8 * 2**20  # hard cap on any request body; the webhook applies its own, smaller limit
 
@@ -43,14 +42,8 @@ class PortInUseError(OSError):
 
 
 def metrics(exporter: Any, request: Request) -> Response:
-    encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-
-    class Families:  # the encoder takes anything with collect()
-        @staticmethod
-        def collect():
-            return exporter.collect()
-
-    return Response(200, encoder(Families()), content_type)
+    body, content_type = exporter.exposition(request.headers.get("accept", ""))
+    return Response(200, body, content_type)
 
 
 def healthy(exporter: Any, request: Request) -> Response:
