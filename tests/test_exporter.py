@@ -310,3 +310,30 @@ def test_a_crashed_worker_is_replaced_and_predict_never_notices(tmp_path):
         text = exposition(exp)
         assert sample_value(text, "virk_frames_dropped_total", reason="worker_down") >= 1
         assert sample_value(text, "virk_errors_total", stage="worker") == 1
+
+
+def test_input_forms_through_the_decorator_are_recorded_as_rgb(exporter):
+    """Tensors (NCHW float), grayscale, BGR and lists reach the recorder as the same RGB pixels."""
+    from virk_exporter import photos
+
+    rgb = photos.camera_stream(photos.load("coffee"), 2, size=(48, 64), seed=5)  # smooth enough for JPEG
+
+    @exporter.monitor(source=lambda frames, form: form)
+    def predict(frames, form):
+        return None
+
+    bgr_exporter_view = exporter.monitor(source=lambda frames, form: form, color="bgr")(lambda frames, form: None)
+    predict(torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255.0, form="nchw-float")
+    predict(list(rgb), form="list")
+    predict(rgb[..., 0], form="gray")  # (2, 48, 64): two grayscale frames
+    bgr_exporter_view(np.ascontiguousarray(rgb[..., ::-1]), form="bgr")
+    exporter.flush()
+    recorded = {}
+    for frame in exporter.request("snapshot"):
+        recorded.setdefault(frame.source, []).append(frame)
+    for form in ("nchw-float", "list", "bgr"):
+        decoded = np.stack([f.decode() for f in recorded[form][-2:]])
+        assert decoded.shape == rgb.shape
+        assert np.abs(decoded.astype(int) - rgb.astype(int)).mean() < 8, form  # JPEG q90
+    gray = np.stack([f.decode() for f in recorded["gray"][-2:]])
+    assert np.abs(gray[..., 1].astype(int) - rgb[..., 0].astype(int)).mean() < 8
