@@ -104,8 +104,11 @@ def calibrate(
         for p in sorted(p_vals, reverse=True):
             k, n = alarm_count(p_values <= p, h)
             settings.append(Setting(p, h, k, n, k / n if n else float("nan"), wilson_upper(k, n)))
-    # Most sensitive first: fewest confirmations, then the largest p_val.
-    ok = [s for s in settings if s.tests > 0 and s.rate <= target]
+    # Most sensitive first: fewest confirmations, then the largest p_val. Prefer settings whose
+    # 95% upper bound is under the target; with too few tests for that, the measured rate.
+    ok = [s for s in settings if s.tests > 0 and s.upper95 <= target] or [
+        s for s in settings if s.tests > 0 and s.rate <= target
+    ]
     notes = []
     raw = {s.p_val: s for s in settings if s.hysteresis == 1}
     for p, s in raw.items():
