@@ -1,9 +1,10 @@
 """The Exporter: the decorator on the caller's side, and the handle on the monitoring worker.
 
-Everything the caller's thread does per call is here (:meth:`Exporter._observe`): time the
-call, count frames, pick the sampled ones, copy them into shared memory and announce them to
-the worker process. All analysis happens in the worker (see ``worker.py``), so its Python code
-never competes with the caller's threads for this process's GIL.
+Per call, the caller's thread (:meth:`Exporter._observe`) times the call, reads the frames'
+shape, reserves frame ids, picks the sampled frames and queues a record. The hand-off thread
+(:meth:`Exporter._account`, see ``handoff.py``) counts, copies pixels into shared memory and
+announces them to the worker process. All analysis happens in the worker (``worker.py``), so
+its Python code never competes with the caller's threads for this process's GIL.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ log = logging.getLogger("virk_exporter")
 F = TypeVar("F", bound=Callable[..., Any])
 _NO_SPAN = nullcontext()  # yields None: the call has no span of ours
 SourceFn = Callable[..., "str | Iterable[str] | None"]
+
 
 class Exporter:
     """Watches a vision model's frames. See the README for the full set of options.
@@ -303,8 +305,7 @@ class Exporter:
     def _tags_of(self, call: "_Call", chosen: list[int]) -> list[dict[str, str]]:
         """The sampled frames' tags (hand-off thread); a failing tags() is counted, frames go on untagged."""
         try:
-            bound = call.target.signature.bind_partial(*call.args, **call.kwargs).arguments
-            others = {k: v for k, v in bound.items() if v is not call.frames and k not in ("self", "cls")}
+            others = _other_arguments(call.target.signature, call.frames, call.args, call.kwargs)
             tags = tags_per_frame(call.target.options["tags"](call.frames, **others), call.n)
             return [tags[i] for i in chosen]
         except Exception as problem:  # noqa: BLE001
@@ -315,7 +316,7 @@ class Exporter:
         """What features() returned as float32 [n, d] (hand-off thread), or None (counted)."""
         try:
             parts = value if isinstance(value, (list, tuple)) else [value]
-            arrays = [np.asarray(p if to_numpy(p) is None else to_numpy(p), np.float32).reshape(n, -1) for p in parts]
+            arrays = [np.asarray(_first_not_none(to_numpy(p), p), np.float32).reshape(n, -1) for p in parts]
             rows = np.ascontiguousarray(np.concatenate(arrays, axis=1))
             if not np.isfinite(rows).all():
                 raise ValueError("features() returned NaN or infinite values")
@@ -333,9 +334,7 @@ class Exporter:
     def _sources_of(self, source_fn, signature, frames, args, kwargs, n: int) -> list[str]:
         if source_fn is None:
             return [self.source_label("default")] * n
-        bound = signature.bind_partial(*args, **kwargs).arguments
-        others = {k: v for k, v in bound.items() if v is not frames and k not in ("self", "cls")}
-        named = source_fn(frames, **others)
+        named = source_fn(frames, **_other_arguments(signature, frames, args, kwargs))
         if named is None or isinstance(named, str):
             return [self.source_label(str(named or "default"))] * n
         names = [self.source_label(str(s)) for s in named]
@@ -517,6 +516,16 @@ class _Call:
     sources: list[str] = field(default_factory=list)
     chosen: list[int] = field(default_factory=list)
     features: Any = None  # what the target's features() returned (converted on the hand-off thread)
+
+
+def _other_arguments(signature: inspect.Signature, frames: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """A call's arguments by name, without the frames and ``self``: what source() and tags() get."""
+    bound = signature.bind_partial(*args, **kwargs).arguments
+    return {k: v for k, v in bound.items() if v is not frames and k not in ("self", "cls")}
+
+
+def _first_not_none(*values: Any) -> Any:
+    return next(v for v in values if v is not None)
 
 
 def _frames_locator(function: Callable, frames_arg: str | int | None) -> Callable[[tuple, dict], Any]:
