@@ -114,6 +114,58 @@ def test_drift_alert_labels_and_annotations():
     assert all(rules[name]["labels"]["severity"] == "warning" for name in health)
 
 
+def _accuracy_alert() -> dict:
+    return next(r for g in load_rules()["groups"] for r in g["rules"] if r.get("alert") == "VisionModelAccuracyDropAfterDrift")
+
+
+def test_accuracy_drop_alert_reads_late_labels_and_past_drift_alerts():
+    alert = _accuracy_alert()
+    assert alert["for"] == "15m"
+    assert alert["labels"]["severity"] == "ticket"
+    expr = alert["expr"]
+    # Accuracy over the last hour against the 7-day baseline, a minimum of scored labels in both,
+    # and a VisionModelDrift alert of the same source within 7 days.
+    for name in ("model_source:virk_label_accuracy:ratio_rate1h", "model_source:virk_label_accuracy:ratio_rate7d",
+                 "model_source:virk_labels_scored:increase1h", "model_source:virk_labels_scored:increase7d"):
+        assert name in expr and name in recording_rule_names(), name
+    assert "> 0.05" in expr
+    assert re.search(r'max_over_time\(ALERTS\{alertname="VisionModelDrift", alertstate="firing"\}\[7d\]\)', expr)
+    assert "on (model, source)" in expr
+    for key in ("summary", "description", "accuracy", "dashboard"):
+        assert key in alert["annotations"], key
+    assert alert["annotations"]["dashboard"].startswith("d/virk-overview/")
+    # Accuracy counts only scored labels (duplicate, expired, unknown, no_prediction are not).
+    rules = {r["record"]: r["expr"] for g in load_rules()["groups"] for r in g["rules"] if "record" in r}
+    for name in ("model_source:virk_label_accuracy:ratio_rate1h", "model_source:virk_label_accuracy:ratio_rate7d",
+                 "model_source:virk_labels_scored:increase1h", "model_source:virk_labels_scored:increase7d"):
+        assert 'outcome=~"correct|incorrect"' in rules[name], name
+
+
+@pytest.mark.parametrize(
+    "mutation, old, new, expected",
+    [
+        # Without the drift condition an accuracy drop alone (cam-2) would open a ticket.
+        ("no drift condition", '\n            and on (model, source) max_over_time(ALERTS{alertname="VisionModelDrift", alertstate="firing"}[7d])', "",
+         'source="cam-2"'),
+        # Without the minimum, 90 labels an hour (cam-3) would be enough.
+        ("no label minimum", "            and on (model, source) model_source:virk_labels_scored:increase1h >= 100\n", "", 'source="cam-3"'),
+        # Without `for:` it fires while the test expects it pending.
+        ("no for", "        for: 15m\n", "        for: 0s\n", "alertname: VisionModelAccuracyDropAfterDrift, time: 2h25m"),
+    ],
+)
+def test_promtool_accuracy_alert_tests_catch_a_weaker_rule(tmp_path, mutation, old, new, expected):
+    rules = RULES.read_text()
+    assert rules.count(old) == 1, mutation
+    (tmp_path / "virk.rules.yml").write_text(rules.replace(old, new))
+    (tmp_path / "tests").mkdir()
+    for test in (PROMETHEUS / "tests").glob("*.yml"):
+        shutil.copy(test, tmp_path / "tests" / test.name)
+    result = run([tool("promtool"), "test", "rules", *map(str, (tmp_path / "tests").glob("*.yml"))])
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, f"{mutation}: the unit tests still pass"
+    assert "VisionModelAccuracyDropAfterDrift" in output and expected in output, output[-3000:]
+
+
 # --- Metric names: nothing the exporter does not export ---------------------------------------
 
 
@@ -158,6 +210,7 @@ def test_amtool_check_config():
         (["alertname=VisionModelDrift", "model=detector-v3", "source=cam-1", "fingerprint=blur", "severity=critical"], "virk-exporter,virk-pager"),
         (["alertname=VirkFramesDropped", "model=detector-v3", "severity=warning"], "virk-pager"),
         (["alertname=VirkIncidentBundleFailed", "model=detector-v3", "severity=warning"], "virk-pager"),
+        (["alertname=VisionModelAccuracyDropAfterDrift", "model=detector-v3", "source=cam-1", "severity=ticket"], "virk-pager"),
     ],
 )
 def test_amtool_routes(labels, receivers):
@@ -212,6 +265,32 @@ def test_amtool_template_render_page_has_bundle_link(tmp_path):
     assert "Resolved:\n- VisionModelDrift detector-v3 / cam-2 (camera_shift): http://localhost:9400/incidents/0123456789abcdef" in text
     title = _render('{{ template "virk.page.title" . }}', data, tmp_path)
     assert title.strip() == "[FIRING:1] VisionModelDrift detector-v3: cam-1 blur"
+
+
+def test_amtool_template_render_accuracy_ticket(tmp_path):
+    """An alert without a cause (no bundle): summary, description, accuracy and dashboard link."""
+    alert = {
+        "status": "firing",
+        "labels": {"alertname": "VisionModelAccuracyDropAfterDrift", "model": "detector-v3", "source": "cam-1", "severity": "ticket"},
+        "annotations": {
+            "summary": "detector-v3: accuracy on source cam-1 is 20% below its baseline after a drift alert",
+            "description": "Late labels of detector-v3 on source cam-1: ...",
+            "accuracy": "last hour 70%, 7-day baseline 90% (600 labels in the hour)",
+            "dashboard": "d/virk-overview/virk-overview?var-model=detector-v3&var-source=cam-1",
+        },
+        "startsAt": "2026-11-26T00:10:00Z", "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "http://prometheus:9090/graph",
+        "fingerprint": "1111111111111111",
+    }
+    data = {"receiver": "virk-pager", "status": "firing", "externalURL": "http://localhost:9093",
+            "groupLabels": {"alertname": "VisionModelAccuracyDropAfterDrift", "model": "detector-v3"},
+            "commonLabels": alert["labels"], "commonAnnotations": {}, "alerts": [alert]}
+    text = _render('{{ template "virk.page.text" . }}', data, tmp_path)
+    assert text.startswith("VisionModelAccuracyDropAfterDrift (ticket): detector-v3: accuracy on source cam-1 is 20% below")
+    assert "Accuracy:  last hour 70%, 7-day baseline 90% (600 labels in the hour)\n" in text
+    assert "Dashboard: http://localhost:3000/d/virk-overview/virk-overview?var-model=detector-v3&var-source=cam-1" in text
+    assert "/incidents/" not in text  # no bundle for this alert
+    title = _render('{{ template "virk.page.title" . }}', data, tmp_path)
+    assert title.strip() == "[FIRING:1] VisionModelAccuracyDropAfterDrift detector-v3: " + alert["annotations"]["summary"]
 
 
 class _Receiver:
@@ -330,6 +409,33 @@ def test_alertmanager_pages_once_with_bundle_links_and_calls_webhook(tmp_path):
         pager.close()
 
 
+@pytest.mark.integration
+def test_alertmanager_sends_an_accuracy_ticket_as_pagerduty_info(tmp_path):
+    """PagerDuty accepts only critical/error/warning/info: a `ticket` goes out as `info`, and the
+    exporter's webhook (bundles) does not get it."""
+    exporter, pager = _Receiver(), _Receiver()
+    server = start_alertmanager(tmp_path / "am", _local_alertmanager_config(tmp_path, exporter.url, pager.url, "stack-test-token"))
+    try:
+        _post_alerts(server.url, [{
+            "labels": {"alertname": "VisionModelAccuracyDropAfterDrift", "model": "detector-v3", "source": "cam-1", "severity": "ticket"},
+            "annotations": {"summary": "detector-v3: accuracy on source cam-1 is 20% below its baseline after a drift alert",
+                            "description": "late labels", "accuracy": "last hour 70%, 7-day baseline 90% (600 labels in the hour)"},
+            "generatorURL": "http://prometheus/graph",
+        }])
+        wait_until(lambda: pager.requests, 20, what="the ticket's delivery")
+        time.sleep(1.5)
+        assert not exporter.requests
+        assert len(pager.requests) == 1
+        page = pager.requests[0]["body"]
+        assert page["payload"]["severity"] == "info"
+        assert page["payload"]["summary"].startswith("[FIRING:1] VisionModelAccuracyDropAfterDrift detector-v3: ")
+        assert "Accuracy:  last hour 70%" in page["payload"]["custom_details"]["page"]
+    finally:
+        server.stop()
+        exporter.close()
+        pager.close()
+
+
 # --- compose.yaml ------------------------------------------------------------------------------
 
 
@@ -439,6 +545,66 @@ def test_round_trip_catches_a_typo():
     panel["targets"][0]["legendFormt"] = "{{model}}"
     differences = _json_diff(dashboard, _sdk_round_trip(dashboard))
     assert any("legend.placment" in d for d in differences) and any("legendFormt" in d for d in differences)
+
+
+def _panel(file: str, title: str) -> dict:
+    panels = [p for p in all_panels(load_dashboards()[file]) if p.get("title") == title]
+    assert len(panels) == 1, f"{file}: {len(panels)} panels titled {title!r}"
+    return panels[0]
+
+
+def _field_settings(panel: dict, ref: str) -> dict:
+    """Field config of a query's series: the defaults, then the overrides matching its refId."""
+    settings = {k: v for k, v in panel["fieldConfig"]["defaults"].items() if k != "custom"}
+    settings.update({f"custom.{k}": v for k, v in panel["fieldConfig"]["defaults"].get("custom", {}).items()})
+    for override in panel["fieldConfig"]["overrides"]:
+        if override["matcher"] == {"id": "byFrameRefID", "options": ref}:
+            settings.update({p["id"]: p["value"] for p in override["properties"]})
+    return settings
+
+
+def test_overview_drift_and_accuracy_on_one_time_axis():
+    panel = _panel("virk-overview.json", "Drift and accuracy")
+    assert panel["type"] == "timeseries"
+    targets = {t["refId"]: t for t in panel["targets"]}
+    drift = [r for r, t in targets.items() if "virk_drift_detected" in t["expr"]]
+    accuracy = [r for r, t in targets.items() if "virk_label_accuracy" in t["expr"]]
+    assert drift and accuracy
+    for ref in accuracy:  # accuracy on its own right-hand axis, 0..1
+        settings = _field_settings(panel, ref)
+        assert settings.get("custom.axisPlacement") == "right", ref
+        assert (settings.get("min"), settings.get("max")) == (0, 1), ref
+        assert settings.get("unit") == "percentunit", ref
+    for ref in drift:
+        assert _field_settings(panel, ref).get("custom.axisPlacement") != "right", ref
+    assert any("model_source:virk_label_accuracy:ratio_rate1h" in targets[r]["expr"] for r in accuracy)
+
+
+def test_overview_labels_by_outcome_and_drifting_slices():
+    labels = _panel("virk-overview.json", "Labels by outcome")
+    (target,) = labels["targets"]
+    assert "virk_labels_total" in target["expr"] and re.search(r"by \([^)]*\boutcome\b", target["expr"])
+    assert "{{outcome}}" in target["legendFormat"]
+    slices = _panel("virk-overview.json", "Drifting slices")
+    (target,) = slices["targets"]
+    assert slices["type"] in {"bargauge", "table"}
+    assert target["expr"].startswith("topk(10, ") and "virk_slice_drift_score" in target["expr"]
+    assert target["instant"] is True and "{{slice}}" in target["legendFormat"]
+    assert "virk_slice_drift_score" in _panel("virk-source.json", "Drifting slices")["targets"][0]["expr"]
+
+
+def test_source_image_properties_against_the_reference_band():
+    panel = next(p for p in all_panels(load_dashboards()["virk-source.json"]) if p.get("repeat") == "property")
+    targets = {t["refId"]: t for t in panel["targets"]}
+    live = [r for r, t in targets.items() if t["expr"].startswith("virk_image_property{")]
+    low = [r for r, t in targets.items() if "virk_image_property_reference" in t["expr"] and 'quantile="0.05"' in t["expr"]]
+    high = [r for r, t in targets.items() if "virk_image_property_reference" in t["expr"] and 'quantile="0.95"' in t["expr"]]
+    assert len(live) == len(low) == len(high) == 1
+    assert not any("_over_time" in t["expr"] for t in targets.values())  # no stand-in band from the live series
+    # The band: the 0.95 series is filled down to the 0.05 series (by its display name).
+    assert _field_settings(panel, high[0]).get("custom.fillBelowTo") == targets[low[0]]["legendFormat"]
+    for ref in (*low, *high):
+        assert all(f'{k}="${k}"' in targets[ref]["expr"] for k in ("model", "source", "property")), ref
 
 
 def _provisioned_datasources() -> dict[str, dict]:

@@ -28,8 +28,11 @@ import yaml
 from servers import OTLPReceiver, Server, _start, binary, free_port, http_get, wait_until
 from stack_queries import RULES, dashboard_queries, load_dashboards, substitute, variable_query
 
-# The demo's scripted incidents start at 45% (blur) and 65% (camera bump) of its duration; it
-# keeps serving /metrics after streaming while it waits for its bundles, then exits.
+# The demo's scripted incidents start at 40% (blur on cam-1) and 65% (camera bump on cam-2) of its
+# duration; it keeps serving /metrics after streaming while it waits for its bundles, then exits.
+# Late-label series (virk_labels_total, virk_label_accuracy) appear ~6 s after the first frames
+# (the demo's label delay); slice scores (virk_slice_drift_score) once cam-1's drift is detected,
+# and they stay while it is detected (to the end of a finite demo): no later than the drift alerts.
 DEMO_SECONDS = 50
 DEADLINE_S = 110  # from the demo's first /metrics until every query must have series
 CAUSES = {"blur", "noise", "brightness", "contrast", "color_shift", "weather", "glare", "compression",
@@ -211,6 +214,12 @@ def test_every_panel_query_returns_series_from_the_running_demo(tmp_path: Path):
         assert alerts
         assert {a["metric"]["fingerprint"] for a in alerts} <= CAUSES
         assert all(a["metric"]["severity"] == "critical" for a in alerts)
+        # Late labels became an accuracy (0..1) per source, and the drifting slices are the demo's tags.
+        accuracy = _query(prometheus, "max_over_time(model_source:virk_label_accuracy:ratio_rate1h[5m])", True)
+        assert {a["metric"]["source"] for a in accuracy} == {"cam-1", "cam-2"}
+        assert all(0 <= float(a["value"][1]) <= 1 for a in accuracy), accuracy
+        slices = _query(prometheus, "max_over_time(virk_slice_drift_score[5m])", True)
+        assert slices and {s["metric"]["slice"] for s in slices} <= {"shift=day", "shift=night"}, slices
         # Exemplars on the latency panel lead to traces the demo really exported.
         assert exemplar_ids, "no exemplars with trace_id on the predict-latency panel"
         assert all(re.fullmatch(r"[0-9a-f]{32}", t) for t in exemplar_ids), exemplar_ids
