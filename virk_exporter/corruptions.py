@@ -134,11 +134,8 @@ def _gain(frames: np.ndarray, gain: np.ndarray | float) -> np.ndarray:
     return np.stack([lut[frames[..., c], c] for c in range(3)], axis=-1)
 
 
-def brightness_up(frames: np.ndarray, gain: float, rng: np.random.Generator) -> np.ndarray:
-    return _gain(frames, gain)
-
-
-def brightness_down(frames: np.ndarray, gain: float, rng: np.random.Generator) -> np.ndarray:
+def exposure(frames: np.ndarray, gain: float, rng: np.random.Generator) -> np.ndarray:
+    # Over- (gain > 1) or under-exposure (gain < 1): one gain for all channels, clipped.
     return _gain(frames, gain)
 
 
@@ -288,8 +285,8 @@ CORRUPTIONS: dict[str, Corruption] = {
         Corruption("gaussian_noise", "noise", "gaussian", (6, 10, 15, 22, 32), gaussian_noise),
         Corruption("shot_noise", "noise", "shot", (400, 200, 100, 50, 25), shot_noise),
         Corruption("impulse_noise", "noise", "impulse", (0.004, 0.008, 0.016, 0.03, 0.06), impulse_noise),
-        Corruption("brightness_up", "brightness", "over-exposure", (1.2, 1.35, 1.5, 1.7, 2.0), brightness_up),
-        Corruption("brightness_down", "brightness", "under-exposure", (0.8, 0.67, 0.55, 0.45, 0.35), brightness_down),
+        Corruption("brightness_up", "brightness", "over-exposure", (1.2, 1.35, 1.5, 1.7, 2.0), exposure),
+        Corruption("brightness_down", "brightness", "under-exposure", (0.8, 0.67, 0.55, 0.45, 0.35), exposure),
         Corruption("contrast", "contrast", "low-contrast", (0.75, 0.6, 0.45, 0.35, 0.25), contrast),
         Corruption("color_shift", "color_shift", "white-balance", (0.08, 0.14, 0.2, 0.28, 0.36), color_shift),
         Corruption("fog", "weather", "fog", (0.2, 0.3, 0.4, 0.5, 0.6), fog),

