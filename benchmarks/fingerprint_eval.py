@@ -121,7 +121,7 @@ def save_confusion_png(result: Result, path: Path, title: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--photos", choices=["score", "tune"], default="score")
+    parser.add_argument("--photos", choices=["score", "tune", "fresh"], default="score", help="fresh: the untouched hold-out set")
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--reference", type=int, default=128)
     parser.add_argument("--height", type=int, default=480)
@@ -136,7 +136,7 @@ def main() -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
     from rich.table import Table
 
-    photo_names = photos.SCORE if args.photos == "score" else photos.TUNE
+    photo_names = {"score": photos.SCORE, "tune": photos.TUNE, "fresh": photos.FRESH}[args.photos]
     names = tuple(args.only) if args.only else tuple(corruptions.CORRUPTIONS)
     total = len(photo_names) * (args.clean + len(names) * len(corruptions.SEVERITIES))
     console = Console()

@@ -4,9 +4,10 @@ import pytest
 from virk_exporter import photos
 
 
-def test_tune_and_score_sets_are_disjoint_and_load():
+def test_tune_score_and_fresh_sets_are_disjoint_and_load():
     assert set(photos.TUNE).isdisjoint(photos.SCORE)
-    assert len(photos.TUNE) >= 4 and len(photos.SCORE) >= 4
+    assert set(photos.FRESH).isdisjoint(set(photos.TUNE) | set(photos.SCORE))
+    assert len(photos.TUNE) >= 4 and len(photos.SCORE) >= 4 and len(photos.FRESH) >= 4
     for name in photos.ALL:
         image = photos.load(name)
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
