@@ -231,13 +231,12 @@ def start_seaweedfs(workdir: Path, access_key: str = "virk-test", secret_key: st
     return Server("seaweedfs", process, url, workdir / "seaweedfs.log", {"access_key": access_key, "secret_key": secret_key, "endpoint": f"127.0.0.1:{s3}"})
 
 
-class OTLPReceiver:
-    """An OTLP/HTTP protobuf trace receiver (POST /v1/traces) that decodes what it gets."""
+class RecordingReceiver:
+    """An HTTP server on 127.0.0.1 that records every POST: path, headers, arrival time, and the
+    body as ``decode`` reads it (JSON by default; gzip is undone first)."""
 
-    def __init__(self) -> None:
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-        self.requests: list = []
+    def __init__(self, decode=json.loads, status: int = 202, reply: bytes = b"", content_type: str = "application/json") -> None:
+        self.requests: list[dict] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -245,26 +244,39 @@ class OTLPReceiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
-                message = ExportTraceServiceRequest()
-                message.ParseFromString(body)
-                receiver.requests.append(message)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", "0")
+                receiver.requests.append({"path": self.path, "headers": dict(self.headers), "body": decode(body), "time": time.time()})
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
+                self.wfile.write(reply)
 
             def log_message(self, *args) -> None:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}/v1/traces"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def spans(self) -> list:
-        return [span for r in self.requests for rs in r.resource_spans for ss in rs.scope_spans for span in ss.spans]
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
 
+
+class OTLPReceiver(RecordingReceiver):
+    """An OTLP/HTTP protobuf trace receiver (POST /v1/traces) that decodes what it gets."""
+
+    def __init__(self) -> None:
+        super().__init__(decode=_decode_traces, status=200, content_type="application/x-protobuf")
+        self.endpoint = f"{self.url}/v1/traces"
+
+    def spans(self) -> list:
+        return [span for r in self.requests for rs in r["body"].resource_spans for ss in rs.scope_spans for span in ss.spans]
+
+
+def _decode_traces(body: bytes):
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    message = ExportTraceServiceRequest()
+    message.ParseFromString(body)
+    return message

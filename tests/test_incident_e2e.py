@@ -13,7 +13,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
@@ -22,7 +21,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from incident_helpers import photos
-from servers import http_get, start_alertmanager, start_prometheus, start_seaweedfs, wait_until
+from servers import RecordingReceiver, http_get, start_alertmanager, start_prometheus, start_seaweedfs, wait_until
 
 from virk_exporter import Exporter
 from virk_exporter.commands.bundle import bundle as bundle_cli
@@ -49,33 +48,6 @@ RULES = {
         }
     ]
 }
-
-
-class Pager:
-    """A PagerDuty Events v2 stand-in: records each page with its arrival time."""
-
-    def __init__(self) -> None:
-        self.pages: list[tuple[float, dict]] = []
-        pager = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                pager.pages.append((time.time(), json.loads(body)))
-                self.send_response(202)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v2/enqueue"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def alertmanager_config(webhook: str, pager_url: str) -> str:
@@ -116,7 +88,7 @@ def alertmanager_config(webhook: str, pager_url: str) -> str:
 
 def test_alert_to_bundle_to_replay(tmp_path, monkeypatch):
     s3 = start_seaweedfs(tmp_path / "s3")
-    pager = Pager()
+    pager = RecordingReceiver()
     stoppers = [s3.stop, pager.close]
     try:
         for name, value in {"VIRK_S3_ENDPOINT": s3.url, "VIRK_S3_ACCESS_KEY": s3.extra["access_key"], "VIRK_S3_SECRET_KEY": s3.extra["secret_key"], "VIRK_SPOOL_DIR": str(tmp_path / "spool")}.items():
@@ -142,7 +114,7 @@ def test_alert_to_bundle_to_replay(tmp_path, monkeypatch):
         def predict(batch):
             return batch.reshape(len(batch), -1).mean(axis=1, keepdims=True) * np.ones((1, 4))
 
-        alertmanager = start_alertmanager(tmp_path / "am", alertmanager_config(f"{server.url}/api/v1/alerts", pager.url))
+        alertmanager = start_alertmanager(tmp_path / "am", alertmanager_config(f"{server.url}/api/v1/alerts", f"{pager.url}/v2/enqueue"))
         stoppers.insert(0, alertmanager.stop)
         (tmp_path / "rules.yml").write_text(yaml.safe_dump(RULES))
         prometheus = start_prometheus(tmp_path / "prom", [f"127.0.0.1:{server.port}"], [str(tmp_path / "rules.yml")], alertmanager.url.removeprefix("http://"))
@@ -162,7 +134,7 @@ def test_alert_to_bundle_to_replay(tmp_path, monkeypatch):
         streamer = threading.Thread(target=stream, daemon=True)
         streamer.start()
         try:
-            page_at, page = wait_until(lambda: next(iter(pager.pages), None), timeout=120, what="the page")
+            page_at, page = wait_until(lambda: next(((r["time"], r["body"]) for r in pager.requests), None), timeout=120, what="the page")
         finally:
             stop.set()
             streamer.join()

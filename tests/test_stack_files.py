@@ -12,16 +12,14 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
-from servers import binary, start_alertmanager, wait_until
+from servers import RecordingReceiver, binary, start_alertmanager, wait_until
 from stack_queries import (
     GRAFANA,
     GRAFANA_GLOBALS,
@@ -293,36 +291,6 @@ def test_amtool_template_render_accuracy_ticket(tmp_path):
     assert title.strip() == "[FIRING:1] VisionModelAccuracyDropAfterDrift detector-v3: " + alert["annotations"]["summary"]
 
 
-class _Receiver:
-    """An HTTP server on 127.0.0.1 that records every POST (headers and JSON body)."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                receiver.requests.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
-                payload = b'{"status":"success"}'
-                self.send_response(202)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 def _local_alertmanager_config(tmp_path: Path, exporter_url: str, pager_url: str, token: str) -> str:
     """The shipped alertmanager.yml with only what must change here: receiver URLs, secret
     files, template path, and waits shortened so the test takes seconds."""
@@ -359,7 +327,7 @@ def test_alertmanager_pages_once_with_bundle_links_and_calls_webhook(tmp_path):
     a camera bump on cam-2) reach the exporter webhook with the bearer token, one alert per
     notification, and make exactly one page whose text links each alert's bundle by the
     fingerprint Alertmanager computed."""
-    exporter, pager = _Receiver(), _Receiver()
+    exporter, pager = RecordingReceiver(reply=b'{"status":"success"}'), RecordingReceiver(reply=b'{"status":"success"}')
     token = "stack-test-token"
     server = start_alertmanager(tmp_path / "am", _local_alertmanager_config(tmp_path, exporter.url, pager.url, token))
     try:
@@ -413,7 +381,7 @@ def test_alertmanager_pages_once_with_bundle_links_and_calls_webhook(tmp_path):
 def test_alertmanager_sends_an_accuracy_ticket_as_pagerduty_info(tmp_path):
     """PagerDuty accepts only critical/error/warning/info: a `ticket` goes out as `info`, and the
     exporter's webhook (bundles) does not get it."""
-    exporter, pager = _Receiver(), _Receiver()
+    exporter, pager = RecordingReceiver(reply=b'{"status":"success"}'), RecordingReceiver(reply=b'{"status":"success"}')
     server = start_alertmanager(tmp_path / "am", _local_alertmanager_config(tmp_path, exporter.url, pager.url, "stack-test-token"))
     try:
         _post_alerts(server.url, [{
