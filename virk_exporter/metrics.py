@@ -24,6 +24,11 @@ WORKER_STAGES = ("normalize", "record", "properties", "embed", "drift", "fingerp
 BUNDLE_OUTCOMES = ("uploaded", "spooled", "failed", "duplicate", "resolved")
 
 
+def errors_counter(registry: CollectorRegistry) -> Counter:
+    """``virk_errors_total``: both processes count into one family (their stages differ)."""
+    return Counter("virk_errors", "Monitoring errors by stage (never raised to the caller).", ["model", "stage"], registry=registry)
+
+
 class CallerMetrics:
     """Families filled in the caller's process (cheap updates on the predict path)."""
 
@@ -42,9 +47,7 @@ class CallerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.errors = Counter(
-            "virk_errors", "Monitoring errors by stage (never raised to the caller).", ["model", "stage"], registry=registry
-        )
+        self.errors = errors_counter(registry)
         self.queue_depth = Gauge("virk_queue_depth", "Batches waiting for the monitoring worker.", ["model"], registry=registry)
         # Late labels are scored in the caller's process (see labels.py: the ledger lives there).
         self.labels_total = Counter(
@@ -107,9 +110,7 @@ class WorkerMetrics:
         self.bundle_seconds = Histogram(
             "virk_bundle_build_seconds", "Time to build and store an incident bundle.", ["model"], buckets=BUNDLE_BUCKETS, registry=registry
         )
-        self.errors = Counter(
-            "virk_errors", "Monitoring errors by stage (never raised to the caller).", ["model", "stage"], registry=registry
-        )
+        self.errors = errors_counter(registry)
         self.slice_drift_score = Gauge(
             "virk_slice_drift_score",
             "Standardized drift statistic of the top significant slices (tag key=value) while drift is detected.",
