@@ -51,6 +51,9 @@ def test_subkinds_in_evidence(fp, window):
         "fog": "fog",
         "translation": "translation",
         "impulse_noise": "impulse",
+        "defocus_blur": "defocus",
+        "motion_blur": "motion",
+        "zoom_blur": "zoom",
     }
     for name, subkind in cases.items():
         d = fp.diagnose(corruptions.apply(name, window, 4, seed=2))

@@ -225,12 +225,19 @@ def _contrast(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tupl
     return e.s("contrast", sign) - e.a("brightness"), "higher" if sign > 0 else "lower", ("contrast", "haze")
 
 
+MOTION_ANISOTROPY = 0.35  # orientation change per unit of log-sharpness lost: motion blur
+ZOOM_CENTER = 0.3  # centre-vs-whole sharpness gain per unit of log-sharpness lost: zoom blur
+
+
 def _blur(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
     score = e.s("sharpness", -1) - e.s("noise")
-    if e.s("sharp_center") > 0.5 * e.s("sharpness", -1):
-        kind = "zoom"
-    elif max(e.a("aniso_c"), e.a("aniso_s")) > 0.6 * e.s("sharpness", -1):
+    # The sub-kind compares physical changes, scaled by how much sharpness was lost: effect
+    # sizes (in units of a static camera's tiny reference spread) made any wobble look decisive.
+    lost = max(-e.d("sharpness"), 1e-6)
+    if float(np.hypot(e.d("aniso_c"), e.d("aniso_s"))) > MOTION_ANISOTROPY * lost:
         kind = "motion"
+    elif e.d("sharp_center") > ZOOM_CENTER * lost:
+        kind = "zoom"
     else:
         kind = "defocus"
     return score, kind, ("sharpness", "sharp_center", "aniso_c", "aniso_s", "noise")
