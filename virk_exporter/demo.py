@@ -331,6 +331,7 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
                       "—" if accuracy is None else f"{accuracy:.0%}")
     console.print(table)
     for path in summary["bundles"]:
-        console.print(f"incident bundle: [bold]{path}[/]")
-        console.print(f"  replay:  virk-exporter bundle replay {path} --predict virk_exporter.demo:predict")
-        console.print(f"  verify:  virk-exporter bundle verify {path}")
+        # soft_wrap: long paths stay on one line, ready to copy
+        console.print(f"incident bundle: [bold]{path}[/]", soft_wrap=True)
+        console.print(f"  replay:  virk-exporter bundle replay {path} --predict virk_exporter.demo:predict", soft_wrap=True)
+        console.print(f"  verify:  virk-exporter bundle verify {path}", soft_wrap=True)

@@ -1,0 +1,37 @@
+"""`virk-exporter serve`: recorded frames (a directory per camera) are watched and served."""
+
+import signal
+import subprocess
+import sys
+
+import cv2
+
+from helpers import sample_value
+from servers import free_port, http_get, wait_until
+from virk_exporter import photos
+
+
+def test_serve_watches_a_directory_of_cameras(tmp_path):
+    for camera, photo in (("gate", "coffee"), ("dock", "rocket")):
+        folder = tmp_path / "frames" / camera
+        folder.mkdir(parents=True)
+        for i, frame in enumerate(photos.camera_stream(photos.load(photo), 12, size=(120, 160), seed=1)):
+            cv2.imwrite(str(folder / f"{i:03d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "virk_exporter.cli", "serve", "--frames", str(tmp_path / "frames"), "--model", "recorded",
+         "--port", str(port), "--fps", "200", "--store", str(tmp_path / "store")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        def counted():
+            status, body = http_get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+            text = body.decode()
+            return status == 200 and all(sample_value(text, "virk_frames_total", source=s) == 12 for s in ("gate", "dock")) and text
+
+        text = wait_until(counted, 120, interval=0.5, what="both cameras' frames to be counted")
+        assert sample_value(text, "virk_frames_total", model="recorded") == 24
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
