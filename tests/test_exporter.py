@@ -337,3 +337,28 @@ def test_input_forms_through_the_decorator_are_recorded_as_rgb(exporter):
         assert np.abs(decoded.astype(int) - rgb.astype(int)).mean() < 8, form  # JPEG q90
     gray = np.stack([f.decode() for f in recorded["gray"][-2:]])
     assert np.abs(gray[..., 1].astype(int) - rgb[..., 0].astype(int)).mean() < 8
+
+
+def test_a_saved_reference_is_used_at_once_and_bad_ones_fail_at_construction(tmp_path):
+    from virk_exporter import photos
+    from virk_exporter.embed import RandomConvEncoder
+    from virk_exporter.reference import build_reference
+
+    clean = photos.camera_stream(photos.load("coffee"), 48, size=(120, 160), seed=1)
+    path = build_reference(clean[:32], RandomConvEncoder(), progress=False).save(tmp_path / "ref.virkref")
+    with Exporter(model="saved-ref", reference=path, store=str(tmp_path / "s"), window=16, test_every=16) as exp:
+
+        @exp.monitor
+        def predict(frames):
+            return None
+
+        predict(clean[32:])  # 16 frames: one test, no learning phase
+        exp.flush()
+        source = exp.request("status")["sources"]["default"]
+        assert source["phase"] == "watching" and source["p_value"] is not None
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Exporter(model="x", reference=tmp_path / "missing.virkref", start=False)
+    (tmp_path / "bad.virkref").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a .virkref"):
+        Exporter(model="x", reference=tmp_path / "bad.virkref", start=False)

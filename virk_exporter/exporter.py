@@ -69,7 +69,7 @@ class Exporter:
             options["store"] = store
         reference_frames = None
         if isinstance(reference, (str, bytes)) or hasattr(reference, "__fspath__"):
-            options["reference_path"] = str(reference)
+            options["reference_path"] = _checked_reference(reference)
         elif reference is not None:
             reference_frames = frame_io.normalize_any(reference, options.get("color", "rgb"))
         options.setdefault("log_level", log.getEffectiveLevel())
@@ -518,6 +518,24 @@ class _Call:
     sources: list[str] = field(default_factory=list)
     chosen: list[int] = field(default_factory=list)
     features: Any = None  # what the target's features() returned (converted on the hand-off thread)
+
+
+def _checked_reference(path: Any) -> str:
+    """Fail at construction, with a clear message, on a reference the worker could not use."""
+    from pathlib import Path
+
+    from virk_exporter.embed import embedder_from_id
+    from virk_exporter.reference import Reference
+
+    path = Path(path.decode() if isinstance(path, bytes) else path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference file {path} does not exist (build one with: virk-exporter reference build)")
+    reference = Reference.load(path)
+    embedder_from_id(reference.embedder_id, device="cpu")  # raises when this version cannot rebuild it
+    missing = [name for name, source in reference.sources.items() if source.fingerprint_state is None]
+    if missing:
+        raise ValueError(f"reference {path}: sources {missing} have no fingerprinter state (fewer than 8 frames?); rebuild it")
+    return str(path)
 
 
 def _other_arguments(signature: inspect.Signature, frames: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
