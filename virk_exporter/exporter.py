@@ -9,6 +9,7 @@ its Python code never competes with the caller's threads for this process's GIL.
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import functools
 import inspect
@@ -17,6 +18,7 @@ import logging
 import random
 import threading
 import time
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, TypeVar
@@ -101,6 +103,8 @@ class Exporter:
         self._closed = False
         if start:
             self._worker.start()
+            # Drain and stop the worker at interpreter exit if the application never called close().
+            atexit.register(_close_if_alive, weakref.ref(self))
 
     # ----------------------------------------------------------------- decorator
     def monitor(
@@ -518,6 +522,12 @@ class _Call:
     sources: list[str] = field(default_factory=list)
     chosen: list[int] = field(default_factory=list)
     features: Any = None  # what the target's features() returned (converted on the hand-off thread)
+
+
+def _close_if_alive(ref: "weakref.ref[Exporter]") -> None:
+    exporter = ref()
+    if exporter is not None:
+        exporter.close()
 
 
 def _checked_reference(path: Any) -> str:
