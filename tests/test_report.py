@@ -51,3 +51,25 @@ def test_report_is_self_contained_and_renders_in_chromium(tmp_path):
     }
     assert by_kind["drift timeline"][0][0] >= 600 and by_kind["frame before the alert"][0] == (160, 120)
     assert b.manifest["cause"] in run.stdout and MODEL in run.stdout
+
+
+def test_diagnosis_is_rendered_as_a_readable_evidence_table():
+    from virk_exporter.incidents.report import diagnosis_html
+
+    diagnosis = {
+        "cam-1": {
+            "top": "blur",
+            "subkind": "defocus",
+            "causes": [["blur", 3.8], ["contrast", 1.2], ["noise", 0.0]],
+            "evidence": [
+                {"property": "sharpness", "reference": 2.28, "current": 1.44, "effect": -9.5, "q_value": 6.3e-9, "cause": "blur", "subkind": "defocus"},
+            ],
+            "notes": ["frame size 320x240 differs from the reference's 640x480"],
+            "slices": {"slices": [{"slice": "shift=night", "score": 7.5, "q_value": 0.001, "support": 40, "significant": True}]},
+        }
+    }
+    page = diagnosis_html(diagnosis)
+    assert "cam-1: blur (defocus)" in page
+    assert "<td>sharpness</td><td>2.28</td><td>1.44</td><td>-9.5</td><td>6.3e-09</td>" in page
+    assert "blur 3.80, contrast 1.20" in page and "noise" not in page.split("cause scores:")[1].split("</p>")[0]
+    assert "differs from the reference" in page and "shift=night" in page

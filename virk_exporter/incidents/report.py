@@ -20,7 +20,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-THUMB_WIDTH = 160
+from virk_exporter.drift.ks import robust_spread
+
+THUMB_WIDTH = 240  # large enough that a defocus or a shift shows
 THUMBS_PER_SIDE = 6
 
 
@@ -84,27 +86,64 @@ MAX_PROPERTIES = 10  # the fingerprinter measures ~25; the most shifted say what
 
 
 def property_plot(before: list[dict[str, float]], after: list[dict[str, float]]) -> str | None:
-    """Median of each image property before vs after the alert, as relative change (the
-    ``MAX_PROPERTIES`` largest shifts; text layout is most of the plotting cost)."""
+    """How far each image property's median moved after the alert, in units of its robust
+    spread before the alert (the ``MAX_PROPERTIES`` largest shifts; text layout is most of the
+    plotting cost). A relative change would make properties that sit near zero (rotation,
+    shift) look enormous and hide the ones that matter."""
     all_names = sorted({k for props in before + after for k in props})
     if not all_names or not before or not after:
         return None
     shifts = {}
     for name in all_names:
-        a = np.median([p[name] for p in before if name in p] or [np.nan])
-        b = np.median([p[name] for p in after if name in p] or [np.nan])
-        shifts[name] = 0.0 if not np.isfinite(a) or not np.isfinite(b) else float((b - a) / (abs(a) + 1e-9))
+        a = _finite([p[name] for p in before if name in p])
+        b = _finite([p[name] for p in after if name in p])
+        shifts[name] = float((np.median(b) - np.median(a)) / robust_spread(a)) if len(a) and len(b) else 0.0
     names = sorted(sorted(shifts, key=lambda n: -abs(shifts[n]))[:MAX_PROPERTIES], key=lambda n: abs(shifts[n]))
     changes = [shifts[n] for n in names]
     figure = Figure(figsize=(8, 0.35 * len(names) + 1.2))
     axes = figure.add_subplot()
-    axes.barh(names, changes, color=["tab:red" if abs(c) > 0.2 else "tab:blue" for c in changes])
+    axes.barh(names, changes, color=["tab:red" if abs(c) > 3 else "tab:blue" for c in changes])
     axes.axvline(0, color="black", linewidth=0.8)
-    _few_ticks(axes.xaxis)
-    axes.set_xlabel("relative change of the median (after vs before the alert)")
+    axes.set_xscale("symlog", linthresh=3)  # a few huge shifts must not flatten the rest
+    axes.set_xlabel("change of the median after the alert, in robust spreads before it")
     axes.set_title(f"image property shifts (largest {len(names)} of {len(all_names)})")
     figure.subplots_adjust(left=0.22, right=0.98, bottom=0.6 / figure.get_figheight(), top=1 - 0.35 / figure.get_figheight())
     return _png(figure)
+
+
+def _finite(values: list[float]) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    return array[np.isfinite(array)]
+
+
+def diagnosis_html(diagnosis: dict[str, Any]) -> str:
+    """Per source: the ranked causes and the evidence table an on-call engineer reads first."""
+    parts = []
+    for source, found in sorted(diagnosis.items()):
+        causes = ", ".join(f"{html.escape(str(c))} {float(s):.2f}" for c, s in found.get("causes", []) if float(s) > 0) or "none"
+        subkind = f" ({html.escape(found['subkind'])})" if found.get("subkind") else ""
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in (
+                str(e.get("property", "")), f"{e.get('reference', float('nan')):.4g}", f"{e.get('current', float('nan')):.4g}",
+                f"{e.get('effect', float('nan')):+.1f}", f"{e.get('q_value', float('nan')):.1e}", str(e.get("cause", "")), str(e.get("subkind", "")),
+            )) + "</tr>"
+            for e in found.get("evidence", [])[:12]
+        )
+        table = (
+            "<table class='evidence'><tr><th>property</th><th>reference</th><th>current</th><th>effect (spreads)</th>"
+            f"<th>q-value</th><th>cause</th><th>sub-kind</th></tr>{rows}</table>" if rows else "<p>no significant property</p>"
+        )
+        notes = "".join(f"<li>{html.escape(str(n))}</li>" for n in found.get("notes", []))
+        slices = [x for x in (found.get("slices") or {}).get("slices", []) if x.get("significant")][:5]
+        if slices:
+            notes += "<li>drifting slices: " + ", ".join(
+                f"{html.escape(str(x['slice']))} (score {float(x['score']):.1f}, q={float(x['q_value']):.1e}, {int(x['support'])} frames)" for x in slices
+            ) + "</li>"
+        parts.append(
+            f"<h3>{html.escape(source)}: {html.escape(str(found.get('top', 'unknown')))}{subkind}</h3>"
+            f"<p>cause scores: {causes}</p>{table}" + (f"<ul>{notes}</ul>" if notes else "")
+        )
+    return "".join(parts) or "<p>no diagnosis recorded</p>"
 
 
 def _images(title: str, thumbs: list[str], alt: str) -> str:
@@ -146,6 +185,7 @@ body {{ font-family: sans-serif; margin: 1.5em; max-width: 70em; }}
 img.thumb {{ margin: 2px; border: 1px solid #ccc; }}
 img.plot {{ max-width: 100%; }}
 th {{ text-align: left; padding-right: 1em; }}
+table.evidence td {{ padding-right: 1em; font-variant-numeric: tabular-nums; }}
 pre {{ background: #f4f4f4; padding: .5em; overflow-x: auto; }}
 </style></head><body>
 <h1>Incident: {html.escape(manifest['model'])} — {html.escape(alert['labels'].get('alertname', 'alert'))}</h1>
@@ -157,7 +197,8 @@ sources {html.escape(', '.join(manifest.get('sources', [])))}.</p>
 {_images("before the alert", [_thumbnail(f) for f in _pick(before, THUMBS_PER_SIDE)], "frame before the alert")}
 {_images("around and after the alert", [_thumbnail(f) for f in _pick(after, THUMBS_PER_SIDE)], "frame after the alert")}
 {plot_html}
-<h2>diagnosis</h2><pre>{html.escape(diagnosis)}</pre>
+<h2>diagnosis</h2>{diagnosis_html(manifest.get("diagnosis", {}))}
+<details><summary>diagnosis as recorded (JSON)</summary><pre>{html.escape(diagnosis)}</pre></details>
 <h2>replay</h2><pre>virk-exporter bundle verify bundle.zip
 virk-exporter bundle replay bundle.zip --predict your_module:predict</pre>
 </body></html>
