@@ -11,6 +11,7 @@ from incident_helpers import MODEL, alert, context
 from servers import binary
 
 from virk_exporter.incidents.bundle import build_bundle, read_bundle
+from virk_exporter.incidents.report import THUMB_WIDTH
 
 # Test-side probe: once the page has loaded, record every image's decode result in the DOM.
 PROBE = """<script>window.addEventListener("load", () => {
@@ -49,7 +50,7 @@ def test_report_is_self_contained_and_renders_in_chromium(tmp_path):
     assert {k: len(v) for k, v in by_kind.items()} == {
         "reference frame": 6, "frame before the alert": 6, "frame after the alert": 6, "drift timeline": 1, "property shifts": 1,
     }
-    assert by_kind["drift timeline"][0][0] >= 600 and by_kind["frame before the alert"][0] == (160, 120)
+    assert by_kind["drift timeline"][0][0] >= 600 and by_kind["frame before the alert"][0] == (THUMB_WIDTH, THUMB_WIDTH * 3 // 4)
     assert b.manifest["cause"] in run.stdout and MODEL in run.stdout
 
 
