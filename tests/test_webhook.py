@@ -225,12 +225,3 @@ def test_errors_carry_status():
         parse_notification(b"")
     assert caught.value.status == 400
 
-
-def test_local_delivery_takes_the_webhook_path(tmp_path):
-    from virk_exporter.incidents.http import deliver_alert
-
-    exporter = FakeExporter(tmp_path, webhook_token=TOKEN)
-    response = deliver_alert(exporter, make_alert_payload(MODEL, labels={"source": "cam1", "fingerprint": "blur"}))
-    assert response.status == 202
-    (n,) = exporter.submitted
-    assert n.alerts[0].labels["alertname"] == "VisionModelDrift" and n.alerts[0].labels["fingerprint"] == "blur"

@@ -158,11 +158,3 @@ def _one_bundle(store: Store, key: str, fingerprint: str, expiry: int) -> Respon
     location = store.link(key, expiry)
     return _json(302, {"url": location}, {"Location": location})
 
-
-def deliver_alert(exporter: Any, body: bytes) -> Response:
-    """Hand an Alertmanager-shaped body (``webhook.make_alert_payload``) to this exporter's own
-    webhook handler, credentials included: the demo's drift alarm takes the page's code path."""
-    token, basic = _credentials(exporter)
-    headers = {"content-type": "application/json", "content-length": str(len(body))}
-    headers.update({k.lower(): v for k, v in authorization_header(token, basic).items()})
-    return handle_alerts(exporter, Request("POST", "/api/v1/alerts", {}, headers, body, "127.0.0.1"))

@@ -19,7 +19,6 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 PAYLOAD_VERSION = "4"
-DEFAULT_MAX_BYTES = 1 << 20  # Alertmanager truncates big groups (truncatedAlerts); 1 MiB is generous
 FORWARDED_HEADER = "x-virk-forwarded"  # set on replica-to-replica forwards; they are never forwarded again
 
 # Alert fingerprints become object keys and URL path segments: allow only what Alertmanager
