@@ -220,21 +220,22 @@ def build_reference_pairs(
     rng = np.random.default_rng(seed)
     with _progress(progress, total) as advance:
         pending: dict[str, list[np.ndarray]] = {}
+
+        def flush(name: str, batch: list[np.ndarray]) -> None:
+            builders.setdefault(name, _SourceBuilder(name, fingerprint_frames, rng)).add(np.stack(batch), embedder)
+            advance(len(batch))
+            batch.clear()
+
         for name, frame in pairs:
             batch = pending.setdefault(name, [])
             if batch and batch[0].shape != frame.shape:  # a shape change closes the batch
-                builders.setdefault(name, _SourceBuilder(name, fingerprint_frames, rng)).add(np.stack(batch), embedder)
-                advance(len(batch))
-                batch.clear()
+                flush(name, batch)
             batch.append(frame)
             if len(batch) >= batch_size:
-                builders.setdefault(name, _SourceBuilder(name, fingerprint_frames, rng)).add(np.stack(batch), embedder)
-                advance(len(batch))
-                batch.clear()
+                flush(name, batch)
         for name, batch in pending.items():
             if batch:
-                builders.setdefault(name, _SourceBuilder(name, fingerprint_frames, rng)).add(np.stack(batch), embedder)
-                advance(len(batch))
+                flush(name, batch)
     if not builders:
         raise ValueError("no reference frames")
     return Reference(
