@@ -44,7 +44,7 @@ def load_detector() -> torch.nn.Module:
 def run(model: torch.nn.Module | None = None, batches: int = 30, batch_size: int = 6, fog_from: int = 16, store: str | None = None) -> dict:
     model = model if model is not None else load_detector()
     hook = FeatureHook(model.backbone, normalize=True)  # penultimate features, unit length
-    exporter = Exporter(model="detector", store=store, embedder="features", reference_frames=48, window=48, test_every=24)
+    exporter = Exporter(model="detector", store=store, embedder="features", reference_period_s=0, reference_frames=48, window=48, test_every=24)
 
     @exporter.monitor(
         source=lambda images, camera_id: camera_id,

@@ -42,7 +42,7 @@ def run(processor=None, model=None, scenes: dict[str, str] | None = None, batche
     scenes = scenes or {name: name for name in model.config.id2label.values()}
     names = list(scenes)
     id2label = model.config.id2label
-    exporter = Exporter(model="vit-classifier", store=store, embedder="outputs", reference_frames=64, window=64, test_every=32)
+    exporter = Exporter(model="vit-classifier", store=store, embedder="outputs", reference_period_s=0, reference_frames=64, window=64, test_every=32)
 
     @exporter.monitor(
         frames_arg="images",

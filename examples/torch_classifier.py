@@ -57,7 +57,7 @@ def run(batches: int = 40, batch_size: int = 8, drift_from: int = 14, label_dela
     dark = {k: camera(scene, 48, seed=100 + k, dark=True) for k, scene in enumerate(SCENES)}
     model = SceneNet({k: to_tensor(v[:16]) for k, v in clean.items()}).eval()
 
-    exporter = Exporter(model="scene-classifier", store=store, reference_frames=64, window=64, test_every=32)
+    exporter = Exporter(model="scene-classifier", store=store, reference_period_s=0, reference_frames=64, window=64, test_every=32)
     if port is not None:
         exporter.serve(port=port)
 

@@ -346,7 +346,7 @@ def test_a_saved_reference_is_used_at_once_and_bad_ones_fail_at_construction(tmp
 
     clean = photos.camera_stream(photos.load("coffee"), 48, size=(120, 160), seed=1)
     path = build_reference(clean[:32], RandomConvEncoder(), progress=False).save(tmp_path / "ref.virkref")
-    with Exporter(model="saved-ref", reference=path, store=str(tmp_path / "s"), window=16, test_every=16) as exp:
+    with Exporter(model="saved-ref", reference=path, store=str(tmp_path / "s"), reference_period_s=0, window=16, test_every=16) as exp:
 
         @exp.monitor
         def predict(frames):

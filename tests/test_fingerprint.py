@@ -31,7 +31,7 @@ def test_clean_window_is_none(fp, window):
     d = fp.diagnose(window)
     assert d.top == "none"
     assert [name for name, _ in d.causes] == sorted(d.scores, key=lambda c: -d.scores[c])
-    assert {name for name, _ in d.causes} == set(VOCABULARY) - {"none", "unknown"}
+    assert {name for name, _ in d.causes} == set(VOCABULARY) - {"none", "content", "unknown"}
 
 
 # One corruption per sub-kind, at severity 4, on a controlled scene.
@@ -78,8 +78,8 @@ def test_low_texture_scene_is_not_blur():
     assert fp.diagnose(corruptions.apply("defocus_blur", clean, 5, seed=0)).top == "blur"
 
 
-def test_embedding_drift_without_property_change_is_unknown(fp, window):
-    assert fp.diagnose(window, embedding_drift=True).top == "unknown"
+def test_embedding_drift_without_property_change_is_content(fp, window):
+    assert fp.diagnose(window, embedding_drift=True).top == "content"
     assert fp.diagnose(window, embedding_drift=False).top == "none"
     # An explained drift stays explained.
     assert fp.diagnose(corruptions.apply("fog", window, 3), embedding_drift=True).top == "weather"
@@ -137,7 +137,7 @@ def test_tiny_frames_single_frame_and_mixed_sources(fp, window):
     assert Fingerprinter(np.repeat(tiny, 3, axis=0)).diagnose(tiny).top in VOCABULARY
     assert fp.diagnose(window[:1]).top in VOCABULARY  # one frame: no frame_diff, no crash
     mixed = np.concatenate([window[:12], photos.camera_stream("coffee", 12, seed=0)])
-    assert fp.diagnose(mixed).top not in ("none", "unknown")
+    assert fp.diagnose(mixed).top not in ("none", "content", "unknown")
 
 
 def test_too_few_reference_frames_raise(window):

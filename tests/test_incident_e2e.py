@@ -104,7 +104,7 @@ def test_alert_to_bundle_to_replay(tmp_path, monkeypatch):
             return np.clip(batch, 0, 255).astype(np.uint8)
 
         exporter = Exporter(
-            model=MODEL, reference=frames(False, 64), store="s3://virk-e2e/prod", webhook_token=TOKEN, window=32, test_every=16, hysteresis=1,
+            model=MODEL, reference=frames(False, 64), store="s3://virk-e2e/prod", webhook_token=TOKEN, reference_period_s=0, window=32, test_every=16, hysteresis=1,
         )
         stoppers.insert(0, exporter.close)
         server = exporter.serve(port=0)

@@ -113,7 +113,7 @@ def _frame(rng, i, dark=False):
 def test_exporter_ranks_the_drifting_site_and_exports_its_score(tmp_path):
     rng = np.random.default_rng(0)
     sites = [f"s{i}" for i in range(10)]
-    with Exporter(model="slices", store=str(tmp_path), reference_frames=64, window=64, test_every=32, hysteresis=1) as exp:
+    with Exporter(model="slices", store=str(tmp_path), reference_period_s=0, reference_frames=64, window=64, test_every=32, hysteresis=1) as exp:
         assert exp.wait_ready(120)
 
         @exp.monitor(tags=lambda frames, sites: [{"site": s, "firmware": "2.1"} for s in sites])

@@ -24,7 +24,7 @@ provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoin
 trace.set_tracer_provider(provider)
 server_tracer = trace.get_tracer("app.http")
 
-exporter = Exporter(model="traced", store=store, reference_frames=16, window=16, test_every=8, hysteresis=1, n_permutations=100, webhook_token="t0k")
+exporter = Exporter(model="traced", store=store, reference_period_s=0, reference_frames=16, window=16, test_every=8, hysteresis=1, n_permutations=100, webhook_token="t0k")
 server = exporter.serve(port=0)
 exporter.wait_ready(120)
 

@@ -1,9 +1,12 @@
-"""Per-source analysis in the worker: reference, drift windows, diagnosis, and incidents.
+"""Per-source analysis in the worker: reference, drift tests, diagnosis, and incidents.
 
-Each source (camera) gets its own reference (learned from its first frames unless one was
-given), its own drift monitor (batch MMD permutation test with hysteresis, plus the online
-detector) and its own fingerprinter. Every test publishes the drift gauges and, with the
-diagnosis of the same window, the fingerprint and image-property gauges.
+Each source (camera) gets its own reference — given (file or frames), loaded from the store, or
+learned by sampling the source over its reference period (``baseline.py``) — and two calibrated
+tests run every ``test_every`` samples on the latest ``window`` samples: the embedding test
+(content: ``drift/monitor.py``) and the capture-fault test (image properties:
+``fingerprint/detector.py``). ``virk_drift_detected`` is 1 while either detects drift; its
+``detector`` label says which, its ``fingerprint`` the cause (``content`` for an embedding-only
+drift: the scene changed, the camera did not break).
 """
 
 from __future__ import annotations
@@ -18,71 +21,78 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
-import cv2
 import numpy as np
 
+from virk_exporter.baseline import Baseline, Detectors, Learner, Sampler, sample_spacing, thumbnail
 from virk_exporter.config import ExporterConfig
-from virk_exporter.drift.monitor import DriftUpdate, SourceDriftMonitor
+from virk_exporter.drift.monitor import DriftUpdate, Hysteresis, SourceDriftMonitor
 from virk_exporter.embed import OutputsEmbedder, RandomConvEncoder, embedder_from_id
-from virk_exporter.fingerprint import Fingerprinter
+from virk_exporter.fingerprint import CaptureDetector, CaptureResult, Fingerprinter
 from virk_exporter.fingerprint.causes import CAUSES
+from virk_exporter.fingerprint.properties import compute_properties_and_smalls
 from virk_exporter.metrics import WorkerMetrics
 from virk_exporter.recorder import FlightRecorder
-from virk_exporter.slices import TOP_K, SliceTracker
 from virk_exporter.reference import Reference, SourceReference
+from virk_exporter.reference_store import ReferenceStore
+from virk_exporter.slices import TOP_K, SliceTracker
 from virk_exporter.tracing import SpanRecord, SpanRecorder
 
 log = logging.getLogger("virk_exporter.worker")
 
 TIMELINE_LENGTH = 4096  # drift tests remembered for bundles (all sources together)
-THUMBNAIL_WIDTH = 320
-
-
-@dataclasses.dataclass
-class Baseline:
-    """What "normal" is for a source: reference embeddings, fingerprinter, sample frames."""
-
-    embeddings: np.ndarray
-    fingerprinter: Fingerprinter
-    thumbnails: list[np.ndarray]
-    properties: dict[str, np.ndarray]
-    origin: str  # "file", "frames" or "learned"
 
 
 class SourceAnalysis:
-    """One source's state: learning its reference, then testing windows."""
+    """One source's state: learning its reference, then testing windows of samples."""
 
-    def __init__(self, name: str, baseline: Baseline | None, config: ExporterConfig) -> None:
+    def __init__(self, name: str, config: ExporterConfig) -> None:
         self.name = name
         self.config = config
-        self.learning: list[np.ndarray] = []
-        self.learning_outputs: list[np.ndarray] = []
+        self.sampler = Sampler(sample_spacing(config.reference_period_s, config.reference_frames))
+        self.learner: Learner | None = None
         self.baseline: Baseline | None = None
-        self.drift: SourceDriftMonitor | None = None
+        self.detectors: Detectors | None = None
+        self.capture_state = Hysteresis(config.hysteresis)
         self.properties: deque[dict[str, float]] = deque(maxlen=config.window)
         self.previous_frame: np.ndarray | None = None
         self.last_update: DriftUpdate | None = None
+        self.last_capture: CaptureResult | None = None
         self.diagnosis: Any = None
-        self.fingerprint = "none"
+        self.cause = "none"  # the capture cause named while the capture detector is on
+        self.labels = ("none", "none")  # (fingerprint, detector) of the exported series
         # Slices (slices.py): recent (embedding, tags) pairs, ranked while drift is detected.
         self.slices = SliceTracker(capacity=4 * config.window, rerank_every=config.window, seed=zlib.crc32(name.encode()))
         self.slice_labels: set[str] = set()  # virk_slice_drift_score series currently exported
-        if baseline is not None:
-            self.watch(baseline)
+
+    @property
+    def detected(self) -> bool:
+        return self.detectors is not None and (self.detectors.embedding.detected or self.capture_state.detected)
+
+    def learn(self) -> None:
+        """(Re)start learning: forget the reference and the tests' state."""
+        minimum = min(self.config.reference_frames, self.config.calibration_samples)
+        self.learner = Learner(self.config.reference_period_s, self.config.reference_frames, minimum)
+        self.baseline = self.detectors = None
+        self.capture_state = Hysteresis(self.config.hysteresis)
+        self.properties.clear()
+        self.last_update = self.last_capture = self.diagnosis = None
+        self.cause = "none"
 
     def watch(self, baseline: Baseline) -> None:
-        self.baseline = baseline
-        self.drift = SourceDriftMonitor(
+        config = self.config
+        embedding = SourceDriftMonitor(
             baseline.embeddings,
-            window=self.config.window,
-            test_every=self.config.test_every,
-            n_permutations=self.config.n_permutations,
-            p_val=self.config.p_val,
-            hysteresis=self.config.hysteresis,
-            device=self.config.device,
+            window=config.window,
+            test_every=config.test_every,
+            n_permutations=config.n_permutations,
+            p_val=config.p_val,
+            hysteresis=config.hysteresis,
+            device=config.device,
             seed=zlib.crc32(self.name.encode()),
         )
-        self.learning, self.learning_outputs = [], []
+        self.baseline = baseline
+        self.detectors = Detectors(embedding, CaptureDetector(baseline.fingerprinter, config.window, config.p_val))
+        self.learner = None
 
     def window_properties(self) -> dict[str, np.ndarray]:
         names = self.properties[0].keys() if self.properties else ()
@@ -90,6 +100,8 @@ class SourceAnalysis:
 
 
 class Analysis:
+    """The worker's per-batch analysis of every source, and what incidents need from it."""
+
     def __init__(
         self,
         config: ExporterConfig,
@@ -112,6 +124,7 @@ class Analysis:
         self.reference: Reference | None = None
         self.shared_baseline: Baseline | None = None
         self._incidents: Any = None
+        self._stored: ReferenceStore | None = None
         if config.embedder not in ("image", "outputs", "features"):
             raise ValueError(f"embedder must be 'image', 'outputs' or 'features', got {config.embedder!r}")
         if config.reference_path:
@@ -127,11 +140,16 @@ class Analysis:
         if reference_frames is not None:
             if isinstance(self.embedder, OutputsEmbedder):
                 raise ValueError("reference frames cannot define a reference of model outputs: let the exporter learn it")
-            self.shared_baseline = self._baseline(reference_frames, self.embedder.embed(reference_frames), "frames")
+            fingerprinter = Fingerprinter(reference_frames)
+            step = max(1, len(reference_frames) // 6)
+            thumbnails = [thumbnail(f) for f in reference_frames[::step][:6]]
+            self.shared_baseline = Baseline(self.embedder.embed(reference_frames), fingerprinter, thumbnails, "frames")
         if self.reference is None and self.shared_baseline is None:
             log.info(
-                "no reference given: learning one from the first %d frames of each source; no drift test until then",
+                "no reference given: each source learns one over %gs (%d samples at most)%s; no drift test until then",
+                config.reference_period_s,
                 config.reference_frames,
+                ", kept in the store" if config.persist_reference else "",
             )
 
     # ------------------------------------------------------------------ per batch
@@ -139,18 +157,33 @@ class Analysis:
         sources = meta["sources"]
         for name in dict.fromkeys(sources):
             index = [i for i, s in enumerate(sources) if s == name]
-            self._process_source(monitor, self._source(name), rgb[index], None if outputs is None else outputs[index], [recorded[i] for i in index])
+            self._process_source(monitor, self._source(monitor, name), rgb[index], None if outputs is None else outputs[index], [recorded[i] for i in index])
 
-    def _source(self, name: str) -> SourceAnalysis:
+    def _source(self, monitor: Any, name: str) -> SourceAnalysis:
         state = self.sources.get(name)
         if state is None:
-            state = self.sources[name] = SourceAnalysis(name, self._given_baseline(name), self.config)
-            if state.baseline is not None:
-                self._publish_reference(state)
+            state = self.sources[name] = SourceAnalysis(name, self.config)
+            baseline = self._given_baseline(name) or self._stored_baseline(monitor, name)
+            if baseline is None:
+                state.learn()
+                self._publish_learning(state)
+            else:
+                self._install(state, baseline)
         return state
+
+    def _install(self, state: SourceAnalysis, baseline: Baseline) -> None:
+        state.watch(baseline)
+        self._publish_reference(state)
+
+    def _publish_learning(self, state: SourceAnalysis) -> None:
+        learning = state.learner is not None
+        self.metrics.reference_learning.labels(self.model, state.name).set(1.0 if learning else 0.0)
+        samples = state.learner.count if learning else state.baseline.samples
+        self.metrics.reference_samples.labels(self.model, state.name).set(samples)
 
     def _publish_reference(self, state: SourceAnalysis) -> None:
         """Each image property's reference band, for dashboards to draw the live value against."""
+        self._publish_learning(state)
         for name, values in state.baseline.properties.items():
             finite = np.asarray(values, np.float64)
             finite = finite[np.isfinite(finite)]
@@ -166,21 +199,77 @@ class Analysis:
         sources = self.reference.sources
         entry = sources.get(name) or (next(iter(sources.values())) if len(sources) == 1 else None)
         if entry is None:
-            log.info("source %r is not in the reference file: learning its reference", name)
+            log.info("source %r is not in the reference file (it has %s): learning its reference", name, sorted(sources))
             return None
         fingerprinter = entry.fingerprinter()
         if fingerprinter is None:
             raise ValueError(f"the reference's source {entry.name!r} has no fingerprinter state; rebuild it")
-        return Baseline(entry.embeddings, fingerprinter, list(entry.thumbnails), dict(entry.properties), "file")
+        return Baseline(entry.embeddings, fingerprinter, list(entry.thumbnails), "file")
 
+    # ------------------------------------------------------------------ stored references
+    def _reference_store(self) -> ReferenceStore | None:
+        if not self.config.persist_reference:
+            return None
+        if self._stored is None:
+            from virk_exporter.incidents.store import open_store
+
+            self._stored = ReferenceStore(open_store(self.config.store), self.model, self.embedder.id)
+        return self._stored
+
+    def _stored_baseline(self, monitor: Any, name: str) -> Baseline | None:
+        try:
+            with monitor.stage("reference_store"):
+                store = self._reference_store()
+                baseline = None if store is None else store.load(name)
+        except Exception:  # noqa: BLE001 - counted by the stage: learning is the fallback
+            log.warning("source %r: could not read its stored reference; learning one", name)
+            return None
+        if baseline is not None:
+            log.info("source %r: reference of %d samples loaded from the store; drift tests start now", name, baseline.samples)
+        return baseline
+
+    def _save(self, monitor: Any, state: SourceAnalysis) -> None:
+        try:
+            with monitor.stage("reference_store"):
+                store = self._reference_store()
+                if store is not None:
+                    log.info("source %r: reference saved as %s", state.name, store.save(state.name, state.baseline))
+        except Exception:  # noqa: BLE001 - counted by the stage; the reference still works in memory
+            pass
+
+    def rebase(self, monitor: Any, source: str | None = None) -> dict[str, Any]:
+        """Forget a source's reference (every source's with None) and learn a new one."""
+        names = list(self.sources) if source is None else [source]
+        for name in names:
+            state = self._source(monitor, name)
+            state.learn()
+            self._set_detected(state, "none", "none", 0.0)
+            self.metrics.reference_rebases.labels(self.model, name).inc()
+            self._publish_learning(state)
+            try:
+                with monitor.stage("reference_store"):
+                    store = self._reference_store()
+                    if store is not None:
+                        store.clear(name)
+            except Exception:  # noqa: BLE001 - counted; a restart would then load the old reference
+                log.warning("source %r: rebased, but the stored reference could not be cleared", name)
+            log.warning("source %r: rebased; learning a new reference over %gs", name, self.config.reference_period_s)
+        return {"rebased": names, "reference_period_s": self.config.reference_period_s}
+
+    # ------------------------------------------------------------------ learning and testing
     def _features(self, frames: np.ndarray, outputs: np.ndarray | None) -> np.ndarray | None:
         if isinstance(self.embedder, OutputsEmbedder):
             return None if outputs is None else self.embedder.embed_outputs(outputs)
         return self.embedder.embed(frames)
 
     def _process_source(self, monitor: Any, state: SourceAnalysis, frames: np.ndarray, outputs: np.ndarray | None, recorded: list) -> None:
-        if state.drift is None:
-            self._learn(monitor, state, frames, outputs)
+        picked = state.sampler.pick(len(frames), recorded[0].timestamp)
+        if not picked:
+            return
+        frames, recorded = frames[picked], [recorded[i] for i in picked]
+        outputs = None if outputs is None else outputs[picked]
+        if state.detectors is None:
+            self._learn(monitor, state, frames, outputs, recorded[-1].timestamp)
             return
         with monitor.stage("properties"):
             props = state.baseline.fingerprinter.properties(frames, previous=state.previous_frame)
@@ -193,19 +282,19 @@ class Analysis:
             features = self._features(frames, outputs)
         if features is None:
             return
-        was_detected = state.drift.detected
+        was_detected = state.detected
         if any(frame.tags for frame in recorded) or state.slices.count:
             state.slices.add(features, [frame.tags for frame in recorded])
         with monitor.stage("drift"):
-            update = state.drift.update(features)
+            update = state.detectors.embedding.update(features)
         if update is None:
             return
         with monitor.stage("fingerprint"):
-            diagnosis = state.baseline.fingerprinter.diagnose(properties=state.window_properties(), embedding_drift=update.drift)
-        self._publish(state, update, diagnosis, recorded[-1].timestamp)
+            capture = state.detectors.capture.test(state.window_properties(), embedding_drift=update.drift)
+        self._publish(state, update, capture, recorded[-1].timestamp)
         try:
             with monitor.stage("slices"):
-                self._rank_slices(state, update)
+                self._rank_slices(state)
         except Exception:  # noqa: BLE001 - counted by the stage; a failed ranking must not cost the batch its recording
             pass
         event = {
@@ -214,25 +303,47 @@ class Analysis:
             "virk.drift.p_value": update.p_value,
             "virk.drift.threshold": update.threshold,
             "virk.drift.drift": update.drift,
-            "virk.drift.detected": update.detected,
-            "virk.fingerprint.top": diagnosis.top,
+            "virk.capture.statistic": capture.statistic,
+            "virk.capture.p_value": capture.p_value,
+            "virk.capture.drift": capture.drift,
+            "virk.drift.detected": state.detected,
+            "virk.drift.detector": state.labels[1],
+            "virk.fingerprint.top": state.labels[0],
         }
         if state.slices.ranking is not None:
             event["virk.slices.top"] = ",".join(s.slice for s in state.slices.ranking.significant[:TOP_K])
         monitor.spans.event("virk.drift_test", event)
-        if update.detected and not was_detected:
+        if state.detected and not was_detected:
             monitor.spans.event("virk.drift_detected", event)
 
-    def _rank_slices(self, state: SourceAnalysis, update: DriftUpdate) -> None:
+    def _learn(self, monitor: Any, state: SourceAnalysis, frames: np.ndarray, outputs: np.ndarray | None, timestamp: float) -> None:
+        with monitor.stage("reference"):
+            if isinstance(self.embedder, OutputsEmbedder) and outputs is None:
+                raise ValueError("embedder='outputs' needs per-frame scores ([N, K]) returned by predict")
+            props, smalls = compute_properties_and_smalls(frames, previous=state.previous_frame)
+            state.learner.add(frames, self._features(frames, outputs), props, smalls, timestamp)
+            state.previous_frame = frames[-1]
+            self.metrics.reference_samples.labels(self.model, state.name).set(state.learner.count)
+            if not state.learner.done(timestamp):
+                return
+            started = state.learner.started
+            self._install(state, state.learner.finish(timestamp))
+        log.info(
+            "source %r: reference learned from %d samples over %.0fs; drift tests start now",
+            state.name, state.baseline.samples, timestamp - (started or timestamp),
+        )
+        self._save(monitor, state)
+
+    def _rank_slices(self, state: SourceAnalysis) -> None:
         """While drift is detected, rank the source's tagged slices and export the top few."""
-        if not update.detected or not state.slices.count or not state.slices.tagged:
+        if not state.detected or not state.slices.count or not state.slices.tagged:
             if state.slices.ranking is not None or state.slice_labels:
                 state.slices.clear()
                 self._export_slices(state, {})
             return
         if not state.slices.due():
             return
-        ranking = state.slices.rank(state.baseline.embeddings, sigma=state.drift.mmd.sigma)
+        ranking = state.slices.rank(state.baseline.embeddings, sigma=state.detectors.embedding.mmd.sigma)
         self._export_slices(state, {s.slice: s.score for s in ranking.significant[:TOP_K]})
 
     def _export_slices(self, state: SourceAnalysis, scores: dict[str, float]) -> None:
@@ -247,65 +358,56 @@ class Analysis:
             gauge.labels(self.model, state.name, name).set(score)
         state.slice_labels = set(scores)
 
-    def _learn(self, monitor: Any, state: SourceAnalysis, frames: np.ndarray, outputs: np.ndarray | None) -> None:
-        state.learning.extend(frames)
-        if outputs is not None:
-            state.learning_outputs.extend(outputs)
-        if len(state.learning) < self.config.reference_frames:
-            return
-        with monitor.stage("reference"):
-            learned = np.stack(state.learning)
-            if isinstance(self.embedder, OutputsEmbedder):
-                if len(state.learning_outputs) < len(learned):
-                    raise ValueError("embedder='outputs' needs per-frame scores ([N, K]) returned by predict")
-                features = self.embedder.embed_outputs(np.stack(state.learning_outputs))
-            else:
-                features = self.embedder.embed(learned)
-            state.watch(self._baseline(learned, features, "learned"))
-            state.previous_frame = learned[-1]
-            self._publish_reference(state)
-        log.info("source %r: reference learned from %d frames; drift tests start now", state.name, len(learned))
+    def _set_detected(self, state: SourceAnalysis, fingerprint: str, detector: str, value: float) -> None:
+        """One ``virk_drift_detected`` series per source: the old labels go away when they change."""
+        gauge = self.metrics.drift_detected
+        if (fingerprint, detector) != state.labels:
+            try:
+                gauge.remove(self.model, state.name, *state.labels)
+            except KeyError:
+                pass
+            state.labels = (fingerprint, detector)
+        gauge.labels(self.model, state.name, fingerprint, detector).set(value)
 
-    def _baseline(self, frames: np.ndarray, embeddings: np.ndarray, origin: str) -> Baseline:
-        fingerprinter = Fingerprinter(frames)
-        step = max(1, len(frames) // 6)
-        return Baseline(embeddings, fingerprinter, [_thumbnail(f) for f in frames[::step][:6]], dict(fingerprinter.reference_properties), origin)
-
-    def _publish(self, state: SourceAnalysis, update: DriftUpdate, diagnosis: Any, timestamp: float) -> None:
+    def _publish(self, state: SourceAnalysis, update: DriftUpdate, capture: CaptureResult, timestamp: float) -> None:
         m, model, source = self.metrics, self.model, state.name
         m.drift_score.labels(model, source, "mmd").set(update.statistic)
         m.drift_threshold.labels(model, source, "mmd").set(update.threshold)
         m.drift_p_value.labels(model, source).set(update.p_value)
+        m.drift_score.labels(model, source, "properties").set(capture.statistic)
+        m.drift_threshold.labels(model, source, "properties").set(1.0)
         if update.online_statistic is not None:
             m.drift_score.labels(model, source, "online_mmd").set(update.online_statistic)
             m.drift_threshold.labels(model, source, "online_mmd").set(update.online_threshold)
-        fingerprint = (diagnosis.top if diagnosis.top != "none" else "unknown") if update.detected else "none"
-        if fingerprint != state.fingerprint:  # one series per source: the old label goes away
-            try:
-                m.drift_detected.remove(model, source, state.fingerprint)
-            except KeyError:
-                pass
-            state.fingerprint = fingerprint
-        m.drift_detected.labels(model, source, fingerprint).set(1.0 if update.detected else 0.0)
-        scores = dict(diagnosis.causes)
+        captured = state.capture_state.update(capture.drift)
+        if capture.drift:
+            state.cause = capture.diagnosis.top
+        content = state.detectors.embedding.detected
+        if captured:
+            fingerprint, detector = state.cause, "both" if content else "properties"
+        elif content:
+            fingerprint, detector = "content", "embedding"
+        else:
+            fingerprint, detector, state.cause = "none", "none", "none"
+        self._set_detected(state, fingerprint, detector, 1.0 if captured or content else 0.0)
+        scores = capture.diagnosis.scores
         for cause in CAUSES:
             m.fingerprint_score.labels(model, source, cause).set(float(scores.get(cause, 0.0)))
         for name, values in state.window_properties().items():
             finite = values[np.isfinite(values)]
             if len(finite):
                 m.image_property.labels(model, source, name).set(float(np.median(finite)))
-        state.last_update, state.diagnosis = update, diagnosis
+        state.last_update, state.last_capture, state.diagnosis = update, capture, capture.diagnosis
         self.timeline.append(
             {
                 "timestamp": timestamp,
                 "source": source,
-                "statistic": update.statistic,
-                "p_value": update.p_value,
-                "threshold": update.threshold,
-                "drift": update.drift,
-                "detected": update.detected,
+                **update.to_dict(),
+                "detected": state.detected,
+                "capture": capture.to_dict(),
+                "detector": detector,
                 "fingerprint": fingerprint,
-                "top_cause": diagnosis.top,
+                "top_cause": capture.diagnosis.top,
             }
         )
 
@@ -313,15 +415,18 @@ class Analysis:
     def status(self) -> dict[str, Any]:
         sources = {}
         for name, state in self.sources.items():
-            update, diagnosis = state.last_update, state.diagnosis
+            update, capture, diagnosis = state.last_update, state.last_capture, state.diagnosis
             sources[name] = {
-                "phase": "learning" if state.drift is None else "watching",
-                "reference_frames": len(state.learning) if state.drift is None else len(state.baseline.embeddings),
+                "phase": "learning" if state.detectors is None else "watching",
+                "reference_origin": None if state.baseline is None else state.baseline.origin,
+                "reference_frames": state.learner.count if state.learner is not None else state.baseline.samples,
                 "p_value": None if update is None else update.p_value,
                 "statistic": None if update is None else update.statistic,
                 "drift": None if update is None else update.drift,
-                "detected": bool(update and update.detected),
-                "fingerprint": state.fingerprint,
+                "capture": None if capture is None else capture.to_dict(),
+                "detected": state.detected,
+                "detector": state.labels[1],
+                "fingerprint": state.labels[0],
                 "top_cause": None if diagnosis is None else diagnosis.top,
                 "causes": [] if diagnosis is None else list(diagnosis.causes[:3]),
                 "evidence": [] if diagnosis is None else [e.to_dict() for e in diagnosis.evidence[:3]],
@@ -344,12 +449,12 @@ class Analysis:
         with self.lock:
             frames = self.recorder.snapshot(sources={wanted} if wanted in self.sources else None)[-self.config.bundle_frames :]
             names = [wanted] if wanted in self.sources else list(self.sources)
-            states = [self.sources[n] for n in names if self.sources[n].baseline is not None]
+            states = [self.sources[n] for n in names if self.sources[n].detectors is not None]
             embeddings: dict[str, np.ndarray] = {}
             diagnosis: dict[str, dict] = {}
             for state in states:
                 embeddings[f"reference/{state.name}"] = state.baseline.embeddings.copy()
-                embeddings[f"window/{state.name}"] = state.drift.current_window().copy()
+                embeddings[f"window/{state.name}"] = state.detectors.embedding.current_window().copy()
                 if state.diagnosis is not None:
                     diagnosis[state.name] = state.diagnosis.to_dict()
                     if state.slices.ranking is not None:  # where it drifted: manifest and report show it
@@ -406,9 +511,3 @@ class Analysis:
         if self._incidents is not None:
             self._incidents.close()
 
-
-def _thumbnail(frame: np.ndarray) -> np.ndarray:
-    h, w = frame.shape[:2]
-    if w <= THUMBNAIL_WIDTH:
-        return frame.copy()
-    return cv2.resize(frame, (THUMBNAIL_WIDTH, max(1, round(h * THUMBNAIL_WIDTH / w))), interpolation=cv2.INTER_AREA)

@@ -53,13 +53,16 @@ def demo(duration: float, fps: float, host: str, port: int, store: str | None, s
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=9400, show_default=True)
 @click.option("--webhook-token", envvar="VIRK_WEBHOOK_TOKEN", help="Bearer token Alertmanager must send (recommended).")
-def serve(frames_path: str, model: str, reference_path: str | None, store: str | None, fps: float, loop: bool, host: str, port: int, webhook_token: str | None) -> None:
+@click.option("--reference-period", "reference_period_s", type=float, default=900.0, show_default=True,
+              help="Seconds of footage a learned reference samples (0: the first frames).")
+def serve(frames_path: str, model: str, reference_path: str | None, store: str | None, fps: float, loop: bool, host: str, port: int,
+          webhook_token: str | None, reference_period_s: float) -> None:
     """Watch recorded frames (a directory or a video) and serve the exporter's routes."""
     from virk_exporter.exporter import Exporter
     from virk_exporter.reference import read_frames
     from virk_exporter.server import PortInUseError
 
-    exporter = Exporter(model=model, reference=reference_path, store=store, webhook_token=webhook_token)
+    exporter = Exporter(model=model, reference=reference_path, store=store, webhook_token=webhook_token, reference_period_s=reference_period_s)
     try:
         server = exporter.serve(host=host, port=port)
     except PortInUseError as problem:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from dataclasses import dataclass, field
@@ -27,12 +28,17 @@ class ExporterConfig:
     max_sources: int = 32  # distinct `source` label values; the rest become "other"
     # drift features: the seeded image encoder, predict's scores, or monitor(features=...)'s rows
     embedder: Literal["image", "outputs", "features"] = "image"
-    reference_frames: int = 64  # frames per source learned as reference when none is given
-    window: int = 64  # frames per drift test window, per source
-    test_every: int = 32  # new frames between drift tests, per source
+    # A learned reference samples a source over `reference_period_s` (one frame every
+    # reference_period_s / reference_frames seconds, baseline.py); live test windows are sampled
+    # at the same spacing. reference_period_s=0 takes every frame: the first `reference_frames`.
+    reference_period_s: float = 900.0
+    reference_frames: int = 512  # samples per learned reference (the cap)
+    persist_reference: bool = True  # keep learned references in the store; load them at start
+    window: int = 16  # samples per drift test window, per source
+    test_every: int = 8  # new samples between drift tests, per source
     n_permutations: int = 200
-    p_val: float = 0.01
-    hysteresis: int = 2  # consecutive drifting windows before `virk_drift_detected` = 1
+    p_val: float = 0.01  # per test and detector; at least 1 / (1 + n_permutations)
+    hysteresis: int = 2  # consecutive drifting tests before `virk_drift_detected` = 1
     device: str | None = None  # torch device for embeddings (None: CUDA when available)
     # Transport and recorder
     queue_batches: int = 64
@@ -64,6 +70,18 @@ class ExporterConfig:
                 raise ValueError(f"{name} must be positive")
         if not 0.0 < self.p_val < 1.0:
             raise ValueError("p_val must lie in (0, 1)")
+        check_reachable(self.p_val, self.n_permutations)
+        if self.reference_period_s < 0:
+            raise ValueError("reference_period_s must be >= 0 (0: the first reference_frames frames)")
+        if self.reference_frames < max(8, self.window):
+            raise ValueError(f"reference_frames must be at least max(8, window) = {max(8, self.window)}")
+        if self.window < 2 or self.hysteresis < 1:
+            raise ValueError("window must be >= 2 and hysteresis >= 1")
+
+    @property
+    def calibration_samples(self) -> int:
+        """Reference samples below which the time-aware calibration has no block to replay."""
+        return 2 * self.window + 8
 
 
 def _basic_auth_from_env() -> tuple[str, str] | None:
@@ -75,6 +93,18 @@ def _basic_auth_from_env() -> tuple[str, str] | None:
     if not sep or not user:
         raise ValueError("VIRK_WEBHOOK_BASIC_AUTH must be user:password")
     return user, password
+
+
+def check_reachable(p_val: float, n_permutations: int) -> None:
+    """A permutation p-value is at least 1 / (1 + B): a smaller p_val could never fire."""
+    if n_permutations < 1:
+        raise ValueError("n_permutations must be >= 1")
+    floor = 1.0 / (1 + n_permutations)
+    if p_val < floor:
+        raise ValueError(
+            f"p_val={p_val:g} can never be reached with n_permutations={n_permutations} (smallest p-value "
+            f"1/(1+{n_permutations}) = {floor:.4g}); raise n_permutations to at least {math.ceil(1 / p_val) - 1}"
+        )
 
 
 def check_sample(sample: float | int) -> None:

@@ -172,7 +172,9 @@ def run(
     """
     console = console or Console()
     token = os.environ.get("VIRK_WEBHOOK_TOKEN") or secrets.token_urlsafe(16)
-    options = {"reference_frames": 64, "window": 64, "test_every": 16, "hysteresis": 2, "webhook_token": token}
+    # Every frame counts (reference_period_s=0): a demo cannot wait a reference period of minutes;
+    # each run learns afresh (persist_reference=False) so reruns show the same story.
+    options = {"reference_period_s": 0, "persist_reference": False, "reference_frames": 64, "window": 64, "test_every": 16, "hysteresis": 2, "webhook_token": token}
     options.update(exporter_options or {})
     exporter = Exporter(model=MODEL, store=store, **options)
     monitored = exporter.monitor(

@@ -429,6 +429,15 @@ class Exporter:
             self._emit_worker_spans()
             force_flush()
 
+    def rebase(self, source: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
+        """Learn a new reference for ``source`` (every source with None), e.g. after a camera
+        was re-aimed on purpose. Frames already queued are analysed against the old one first;
+        the stored reference is cleared so a restart does not bring it back."""
+        self.flush(timeout)
+        label = None if source is None else self.source_label(source)
+        log.warning("rebase: %s learns a new reference", "every source" if label is None else f"source {label!r}")
+        return self.request("rebase", label, timeout=timeout)
+
     def submit_alert(self, notification: Any) -> None:
         self._worker.post("alert", notification)
 

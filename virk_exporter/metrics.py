@@ -20,7 +20,7 @@ BUNDLE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 DROP_REASONS = ("queue_full", "batch_too_large", "worker_down", "not_started")
 CALLER_STAGES = ("input", "caller", "handoff", "worker", "http", "tracing", "tags", "features", "labels")
-WORKER_STAGES = ("normalize", "record", "properties", "embed", "drift", "fingerprint", "reference", "control", "slices")
+WORKER_STAGES = ("normalize", "record", "properties", "embed", "drift", "fingerprint", "reference", "reference_store", "control", "slices")
 BUNDLE_OUTCOMES = ("uploaded", "spooled", "failed", "duplicate", "resolved")
 
 
@@ -88,8 +88,9 @@ class WorkerMetrics:
         )
         self.drift_detected = Gauge(
             "virk_drift_detected",
-            "1 while drift is detected (after hysteresis); the label fingerprint names the top cause.",
-            ["model", "source", "fingerprint"],
+            "1 while drift is detected (after hysteresis); fingerprint names the cause, detector the test "
+            "that detected it (properties: a capture fault; embedding: content change).",
+            ["model", "source", "fingerprint", "detector"],
             registry=registry,
         )
         self.fingerprint_score = Gauge(
@@ -116,6 +117,15 @@ class WorkerMetrics:
             "Standardized drift statistic of the top significant slices (tag key=value) while drift is detected.",
             ["model", "source", "slice"],
             registry=registry,
+        )
+        self.reference_samples = Gauge(
+            "virk_reference_samples", "Samples in the source's reference (while learning: collected so far).", ["model", "source"], registry=registry
+        )
+        self.reference_learning = Gauge(
+            "virk_reference_learning", "1 while the source learns its reference (no drift test runs).", ["model", "source"], registry=registry
+        )
+        self.reference_rebases = Counter(
+            "virk_reference_rebases", "Rebase requests: the source learns a new reference.", ["model", "source"], registry=registry
         )
         self.recorder_frames = Gauge("virk_recorder_frames", "Frames held by the flight recorder.", ["model"], registry=registry)
         self.recorder_bytes = Gauge("virk_recorder_bytes", "Compressed bytes held by the flight recorder.", ["model"], registry=registry)

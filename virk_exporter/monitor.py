@@ -132,6 +132,10 @@ class Monitor:
         with self.lock:
             time.sleep(seconds)
 
+    def cmd_rebase(self, source: str | None) -> dict[str, Any]:
+        with self.lock:
+            return self.analysis.rebase(self, source)
+
     def cmd_alert(self, notification: Any) -> dict[str, str]:
         return self.analysis.handle_alert(notification)
 

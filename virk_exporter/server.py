@@ -68,12 +68,19 @@ def incidents(exporter: Any, request: Request) -> Response:
     return handle_incident(exporter, request)
 
 
+def rebase(exporter: Any, request: Request) -> Response:
+    from virk_exporter.reference_http import handle_rebase
+
+    return handle_rebase(exporter, request)
+
+
 ROUTES: list[tuple[str, str, bool, Callable[[Any, Request], Response]]] = [
     # (method, path, is prefix, handler)
     ("GET", "/metrics", False, metrics),
     ("GET", "/-/healthy", False, healthy),
     ("GET", "/-/ready", False, ready),
     ("POST", "/api/v1/alerts", False, alerts),
+    ("POST", "/api/v1/rebase", False, rebase),
     ("GET", "/incidents/", True, incidents),
 ]
 

@@ -60,3 +60,26 @@ def show(path: str) -> None:
             f"  source [bold]{name}[/]: {src.n_frames} frames {src.frame_shape}, "
             f"{len(src.properties)} properties, fingerprinter state: {fp}, {len(src.thumbnails)} thumbnails"
         )
+
+
+@reference.command("rebase")
+@click.option("--url", required=True, help="The exporter's base URL, e.g. http://127.0.0.1:9400.")
+@click.option("--source", default=None, help="The source (camera) to rebase; default: every source.")
+@click.option("--token", envvar="VIRK_WEBHOOK_TOKEN", help="The exporter's webhook token ($VIRK_WEBHOOK_TOKEN).")
+def rebase(url: str, source: str | None, token: str | None) -> None:
+    """Make a running exporter learn a new reference (after a camera was re-aimed on purpose)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({} if source is None else {"source": source}).encode()
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    request = urllib.request.Request(url.rstrip("/") + "/api/v1/rebase", body, headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        raise click.ClickException(f"{error.code}: {error.read().decode(errors='replace').strip()}") from None
+    except (urllib.error.URLError, OSError) as error:
+        raise click.ClickException(f"cannot reach {url}: {error}") from None
+    click.echo(f"rebased {', '.join(answer['rebased']) or 'no source'}: learning a new reference over {answer['reference_period_s']:g}s")

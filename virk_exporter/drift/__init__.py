@@ -3,11 +3,14 @@ tests on image properties."""
 
 from virk_exporter.drift.ks import PropertyTest, ks_property_tests
 from virk_exporter.drift.mmd import MMDDrift, MMDResult
-from virk_exporter.drift.monitor import DriftUpdate, SourceDriftMonitor
+from virk_exporter.drift.monitor import DriftUpdate, Hysteresis, SourceDriftMonitor
+from virk_exporter.drift.null import EmpiricalNull
 from virk_exporter.drift.online import OnlineMMDDrift, OnlineResult
 
 __all__ = [
     "DriftUpdate",
+    "EmpiricalNull",
+    "Hysteresis",
     "MMDDrift",
     "MMDResult",
     "OnlineMMDDrift",

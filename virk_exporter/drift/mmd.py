@@ -239,3 +239,36 @@ def _decide(observed: float, permuted: np.ndarray, p_val: float) -> MMDResult:
         drift=bool(p_value <= p_val),
         n_permutations=b,
     )
+
+
+@torch.no_grad()
+def block_null_statistics(x_ref: torch.Tensor, sigma: float, window: int, margin: int) -> np.ndarray:
+    """Unbiased MMD² of each reference block (``window`` consecutive samples, ``null.py``)
+    against the reference without that block and ``margin`` samples each side (``null.py``).
+
+    One n×n kernel and its 2-D prefix sums give every block's three sums by inclusion-exclusion,
+    so all K statistics cost one kernel pass.
+    """
+    from virk_exporter.drift.null import block_starts, leave_out_bounds
+
+    n = int(x_ref.shape[0])
+    starts = block_starts(n, window)
+    left, right = leave_out_bounds(starts, window, margin, n)
+    keep = left + (n - right)  # reference samples that remain for each block
+    usable = keep >= 2
+    starts, left, right, keep = starts[usable], left[usable], right[usable], keep[usable]
+    if starts.size == 0:
+        return np.empty(0)
+    k = rbf(x_ref, x_ref, 1.0 / (2.0 * sigma**2)).double().cpu().numpy()
+    p = np.zeros((n + 1, n + 1))
+    p[1:, 1:] = k.cumsum(0).cumsum(1)
+
+    def rect(r0: np.ndarray, r1: np.ndarray, c0: np.ndarray, c1: np.ndarray) -> np.ndarray:
+        return p[r1, c1] - p[r0, c1] - p[r1, c0] + p[r0, c0]
+
+    zero, end, stop = np.zeros_like(starts), np.full_like(starts, n), starts + window
+    s_xx = rect(zero, left, zero, left) + rect(right, end, right, end) + 2.0 * rect(zero, left, right, end) - keep
+    s_yy = rect(starts, stop, starts, stop) - window  # k(x, x) = 1 on the diagonal
+    s_xy = rect(zero, left, starts, stop) + rect(right, end, starts, stop)
+    m = float(window)
+    return s_xx / (keep * (keep - 1.0)) + s_yy / (m * (m - 1.0)) - 2.0 * s_xy / (keep * m)

@@ -1,62 +1,107 @@
-"""Per-source streaming drift logic: the piece the exporter's worker calls for every batch.
+"""Per-source streaming embedding test: the piece the exporter's worker calls for every batch.
 
-One :class:`SourceDriftMonitor` per source holds the source's reference embeddings, a sliding
-window of the latest embeddings, a batch MMD permutation test run every ``test_every`` new
-frames on the latest ``window`` frames, an optional online ERT-calibrated detector fed frame
-by frame, and hysteresis: ``detected`` switches on after ``hysteresis`` consecutive drifting
-tests and off after as many consecutive clean ones, so one noisy window cannot flap an alert.
+One :class:`SourceDriftMonitor` per source holds the source's reference embeddings (in time
+order), a sliding window of the latest embeddings, a batch MMD test run every ``test_every``
+new samples on the latest ``window`` samples, an optional online ERT-calibrated detector fed
+sample by sample, and hysteresis (:class:`Hysteresis`).
+
+A test's p-value is the larger of two: the permutation p-value (frames exchangeable) and the
+time-aware p-value of the same statistic against the reference period replayed block by block
+(``null.py``). Footage whose consecutive frames are correlated fails the first and passes the
+second; a real change fails both.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from virk_exporter.drift.mmd import MMDDrift
+from virk_exporter.drift.mmd import MMDDrift, block_null_statistics
+from virk_exporter.drift.null import EmpiricalNull
 from virk_exporter.drift.online import OnlineMMDDrift
+
+log = logging.getLogger("virk_exporter.drift")
+
+
+class Hysteresis:
+    """``detected`` switches on after ``count`` consecutive drifting tests and off after as
+    many consecutive clean ones, so one noisy window cannot flap an alert."""
+
+    def __init__(self, count: int) -> None:
+        if count < 1:
+            raise ValueError("hysteresis must be >= 1")
+        self.count = int(count)
+        self.detected = False
+        self._streak = 0  # consecutive tests disagreeing with `detected`
+
+    def update(self, drift: bool) -> bool:
+        self._streak = self._streak + 1 if drift != self.detected else 0
+        if self._streak >= self.count:
+            self.detected, self._streak = drift, 0
+        return self.detected
 
 
 @dataclass(frozen=True)
 class DriftUpdate:
     statistic: float  # batch MMD² of the latest window vs the reference
-    p_value: float
-    threshold: float  # batch MMD² threshold at p_val (drift ⇔ statistic > threshold)
+    p_value: float  # max(permutation p, time-aware p)
+    threshold: float  # drift ⇔ statistic > threshold
     drift: bool  # this test alone (raw)
-    detected: bool  # after hysteresis: what `virk_drift_detected` should show
-    frames_seen: int  # frames this monitor has received
-    online_statistic: float | None  # online detector, after the latest frame (None: disabled)
+    detected: bool  # after hysteresis
+    frames_seen: int  # samples this monitor has received
+    online_statistic: float | None  # online detector, after the latest sample (None: disabled)
     online_threshold: float | None
     online_drift: bool | None  # online statistic crossed its threshold since the previous test
+
+    def to_dict(self) -> dict[str, float | bool | int | None]:
+        return {
+            "statistic": self.statistic,
+            "p_value": self.p_value,
+            "threshold": self.threshold,
+            "drift": self.drift,
+            "detected": self.detected,
+        }
 
 
 class SourceDriftMonitor:
     def __init__(
         self,
         x_ref: np.ndarray,
-        window: int = 64,
+        window: int = 32,
         test_every: int | None = None,
-        n_permutations: int = 100,
-        p_val: float = 0.05,
+        n_permutations: int = 200,
+        p_val: float = 0.01,
         hysteresis: int = 2,
         online_ert: float | None = 2000.0,
         online_window: int = 16,
         online_bootstraps: int | None = None,
         device: str | torch.device | None = None,
         seed: int | None = None,
+        time_aware: bool = True,
     ) -> None:
-        """``x_ref``: the source's reference embeddings (n×d). ``test_every`` defaults to
-        ``window`` (non-overlapping windows). ``online_ert`` is the online detector's expected
-        number of frames between false alarms; ``None`` disables it, and it is skipped (with
-        ``online_*`` = None) when the reference is too small for ``online_window``."""
-        if window < 2 or hysteresis < 1:
-            raise ValueError("window must be >= 2 and hysteresis >= 1")
+        """``x_ref``: the source's reference embeddings (n×d), in time order. ``test_every``
+        defaults to ``window``. ``time_aware`` calibrates against the reference period replayed
+        in blocks (skipped, with a log line, when the reference is too short for one block).
+        ``online_ert`` is the online detector's expected number of samples between false
+        alarms; ``None`` disables it (also skipped when the reference is too small)."""
+        if window < 2:
+            raise ValueError("window must be >= 2")
         x_ref = np.asarray(x_ref, dtype=np.float32)
         self.window = int(window)
         self.test_every = int(test_every or window)
-        self.hysteresis = int(hysteresis)
+        self.p_val = float(p_val)
+        self.hysteresis = Hysteresis(hysteresis)
         self.mmd = MMDDrift(x_ref, n_permutations=n_permutations, p_val=p_val, device=device, seed=seed)
+        self.null: EmpiricalNull | None = None
+        if time_aware:
+            values = block_null_statistics(self.mmd.x_ref, self.mmd.sigma, self.window, self.window)
+            if values.size:
+                self.null = EmpiricalNull(values, min_scale=1e-3, effective_size=len(x_ref) / self.window)
+            else:
+                log.info("reference of %d samples is too short for a time-aware null (window %d): permutation test only", len(x_ref), self.window)
         self.online: OnlineMMDDrift | None = None
         if online_ert is not None and len(x_ref) >= 4 * online_window - 1:
             self.online = OnlineMMDDrift(
@@ -73,13 +118,15 @@ class SourceDriftMonitor:
         self._head = 0
         self.frames_seen = 0
         self._since_test = 0
-        self.detected = False
-        self._streak = 0  # consecutive tests disagreeing with `detected`
         self._online_crossed = False  # online crossing since the last reported test
         self.last: DriftUpdate | None = None
 
+    @property
+    def detected(self) -> bool:
+        return self.hysteresis.detected
+
     def _push(self, emb: np.ndarray) -> None:
-        emb = emb[-self.window :]  # older frames of a huge batch would be overwritten anyway
+        emb = emb[-self.window :]  # older samples of a huge batch would be overwritten anyway
         idx = (self._head + np.arange(len(emb))) % self.window
         self._buffer[idx] = emb
         self._head = int((self._head + len(emb)) % self.window)
@@ -94,7 +141,7 @@ class SourceDriftMonitor:
         """Feed a batch (k×d) of this source's embeddings; returns a result when a test ran.
 
         At most one batch test runs per call (on the latest window), so a burst cannot queue
-        up work; the online detector still sees every frame.
+        up work; the online detector still sees every sample.
         """
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.ndim == 1:
@@ -110,16 +157,17 @@ class SourceDriftMonitor:
             return None
         self._since_test = 0
         result = self.mmd.test(self.current_window())
-        # Hysteresis: flip only after `hysteresis` consecutive tests that disagree.
-        self._streak = self._streak + 1 if result.drift != self.detected else 0
-        if self._streak >= self.hysteresis:
-            self.detected, self._streak = result.drift, 0
+        p_value, threshold = result.p_value, result.threshold
+        if self.null is not None:
+            p_value = max(p_value, self.null.p_value(result.statistic))
+            threshold = max(threshold, self.null.threshold(self.p_val))
+        drift = p_value <= self.p_val
         self.last = DriftUpdate(
             statistic=result.statistic,
-            p_value=result.p_value,
-            threshold=result.threshold,
-            drift=result.drift,
-            detected=self.detected,
+            p_value=p_value,
+            threshold=threshold,
+            drift=drift,
+            detected=self.hysteresis.update(drift),
             frames_seen=self.frames_seen,
             online_statistic=None if online is None else online.statistic,
             online_threshold=None if online is None else online.threshold,

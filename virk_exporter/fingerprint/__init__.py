@@ -4,10 +4,13 @@
 """
 
 from virk_exporter.fingerprint.causes import CAUSES, VOCABULARY, Diagnosis, Evidence, Fingerprinter
+from virk_exporter.fingerprint.detector import CaptureDetector, CaptureResult
 from virk_exporter.fingerprint.geometry import GEOMETRY_NAMES, ReferenceView, compute_geometry
 from virk_exporter.fingerprint.properties import PROPERTY_NAMES, compute_properties
 
 __all__ = [
+    "CaptureDetector",
+    "CaptureResult",
     "CAUSES",
     "VOCABULARY",
     "Diagnosis",

@@ -45,7 +45,10 @@ CAUSES: tuple[str, ...] = (
     "occlusion",
     "frozen",
 )
-VOCABULARY: tuple[str, ...] = CAUSES + ("none", "unknown")
+# "content": the frames differ from the reference (the embedding test drifted) but no capture
+# cause explains it: a new scene, traffic, a moving camera. "unknown": drift that could not be
+# diagnosed at all (no image properties, e.g. a features-only embedder, or the stage failed).
+VOCABULARY: tuple[str, ...] = CAUSES + ("none", "content", "unknown")
 
 MIN_SCORE = 1.0  # a cause must reach this to be named; below it the window is "none"
 # Physical gates: a change must be significant *and* this large to name a cause. Strong blur
@@ -259,7 +262,7 @@ RULES: dict[str, Rule] = {
 }
 
 
-def _finite(values: np.ndarray) -> np.ndarray:
+def finite_values(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     return values[np.isfinite(values)]
 
@@ -270,21 +273,36 @@ class Fingerprinter:
     def __init__(self, reference_frames: Any, color: ColorOrder = "rgb", alpha: float = 0.01):
         self.color = color
         self.alpha = alpha
-        if reference_frames is None:  # from_state fills the rest
+        if reference_frames is None:  # from_state / from_samples fill the rest
             return
         frames = to_frames(reference_frames, color)
-        if len(frames) < 8:
-            raise ValueError(f"need at least 8 reference frames, got {len(frames)}")
         props, smalls = compute_properties_and_smalls(frames)
-        self.reference_view = ReferenceView.from_smalls(smalls, frames.shape[1:3])
+        self._fit(props, smalls, frames.shape[1:3])
+
+    @classmethod
+    def from_samples(
+        cls, properties: dict[str, np.ndarray], smalls: np.ndarray, frame_size: tuple[int, int], color: ColorOrder = "rgb", alpha: float = 0.01
+    ) -> "Fingerprinter":
+        """From per-frame image properties and small gray views (``compute_properties_and_smalls``)
+        gathered while learning, so a reference never needs its full-size frames in memory."""
+        fp = cls(None, color=color, alpha=alpha)
+        fp._fit(dict(properties), np.asarray(smalls, np.float32), frame_size)
+        return fp
+
+    def _fit(self, props: dict[str, np.ndarray], smalls: np.ndarray, frame_size: tuple[int, int]) -> None:
+        if len(smalls) < 8:
+            raise ValueError(f"need at least 8 reference frames, got {len(smalls)}")
+        self.reference_view = ReferenceView.from_smalls(smalls, tuple(frame_size))
         props.update(compute_geometry(smalls, self.reference_view))
-        self.reference_properties = {k: _finite(v) for k, v in props.items()}
+        # Kept in time order (NaNs included): the capture detector replays them block by block.
+        self.reference_series = {k: np.asarray(v, np.float64) for k, v in props.items()}
+        self.reference_properties = {k: finite_values(v) for k, v in props.items()}
 
     # --- persistence ---------------------------------------------------------------------
 
     def state(self) -> dict[str, np.ndarray]:
         """Plain arrays (for an .npz): reference properties and the small reference view."""
-        out = {f"{STATE_PREFIX}prop/{k}": v for k, v in self.reference_properties.items()}
+        out = {f"{STATE_PREFIX}prop/{k}": v for k, v in self.reference_series.items()}
         out.update({f"{STATE_PREFIX}view/{k}": v for k, v in self.reference_view.state().items()})
         out[f"{STATE_PREFIX}alpha"] = np.asarray(self.alpha)
         return out
@@ -293,7 +311,8 @@ class Fingerprinter:
     def from_state(cls, state: dict[str, np.ndarray], color: ColorOrder = "rgb") -> "Fingerprinter":
         fp = cls(None, color=color, alpha=float(state.get(f"{STATE_PREFIX}alpha", 0.01)))
         prop, view = f"{STATE_PREFIX}prop/", f"{STATE_PREFIX}view/"
-        fp.reference_properties = {k[len(prop) :]: np.asarray(v, np.float64) for k, v in state.items() if k.startswith(prop)}
+        fp.reference_series = {k[len(prop) :]: np.asarray(v, np.float64) for k, v in state.items() if k.startswith(prop)}
+        fp.reference_properties = {k: finite_values(v) for k, v in fp.reference_series.items()}
         fp.reference_view = ReferenceView.from_state({k[len(view) :]: v for k, v in state.items() if k.startswith(view)})
         return fp
 
@@ -310,12 +329,17 @@ class Fingerprinter:
         *,
         properties: dict[str, np.ndarray] | None = None,
         embedding_drift: bool | None = None,
+        reference: dict[str, np.ndarray] | None = None,
+        thresholds: dict[str, float] | None = None,
     ) -> Diagnosis:
         """Rank the causes for a window of frames (or their precomputed properties).
 
         ``properties`` (from :func:`compute_properties` or :meth:`properties`) saves the work
         when the caller already has them; geometry is added from ``frames`` if it is missing.
-        ``embedding_drift=True`` turns an unexplained window into ``unknown``.
+        ``embedding_drift=True`` turns an unexplained window into ``content``. ``reference``
+        replaces the reference properties (the capture detector's leave-block-out replay).
+        ``thresholds`` (cause -> score) are the capture detector's calibrated bars: a cause is
+        named only above its bar (and ``MIN_SCORE``).
         """
         notes: list[str] = []
         if properties is None and frames is None:
@@ -333,9 +357,10 @@ class Fingerprinter:
                 smalls = np.stack([small_gray(f) for f in rgb])
                 current.update(compute_geometry(smalls, self.reference_view))
         current = {k: np.asarray(v, np.float64) for k, v in current.items()}
+        reference = self.reference_properties if reference is None else reference
         tests = ks_property_tests(
-            self.reference_properties,
-            {k: _finite(v) for k, v in current.items() if k in self.reference_properties},
+            reference,
+            {k: finite_values(v) for k, v in current.items() if k in reference},
             alpha=self.alpha,
         )
         effects = _Effects(tests)
@@ -345,13 +370,14 @@ class Fingerprinter:
             details[cause] = (subkind, used)
             ranked.append((cause, round(max(float(score), 0.0), 4)))
         ranked.sort(key=lambda cs: -cs[1])
-        best, best_score = ranked[0]
-        if best_score >= MIN_SCORE:
-            top, subkind = best, details[best][0]
+        bars = thresholds or {}
+        named = [c for c, score in ranked if score >= MIN_SCORE and score > bars.get(c, -np.inf)]
+        if named:
+            top, subkind = named[0], details[named[0]][0]
         else:
-            top, subkind = ("unknown" if embedding_drift else "none"), ""
+            top, subkind = ("content" if embedding_drift else "none"), ""
             if embedding_drift:
-                notes.append("embedding drift is significant but no image property explains it")
+                notes.append("embedding drift is significant but no image property explains it: content change")
         used_by_top = set(details[top][1]) if top in details else set()
         evidence = [
             Evidence(

@@ -1,0 +1,80 @@
+"""Time-aware calibration: autocorrelated normal streams stay quiet, real shifts still fire."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from virk_exporter.config import ExporterConfig
+from virk_exporter.drift import EmpiricalNull, SourceDriftMonitor
+from virk_exporter.drift.mmd import MMDDrift, block_null_statistics
+from virk_exporter.drift.null import block_starts, leave_out_bounds
+
+D = 8
+
+
+def ar1(rng: np.random.Generator, n: int, phi: float = 0.97, start: np.ndarray | None = None) -> np.ndarray:
+    """A stationary AR(1) process in embedding space: consecutive samples are strongly correlated."""
+    x = np.empty((n, D), np.float32)
+    prev = rng.normal(size=D) if start is None else start
+    noise = rng.normal(scale=np.sqrt(1 - phi**2), size=(n, D))
+    for i in range(n):
+        prev = phi * prev + noise[i]
+        x[i] = prev
+    return x
+
+
+def flag_rate(monitor: SourceDriftMonitor, stream: np.ndarray) -> float:
+    results = [monitor.update(stream[i : i + 8]) for i in range(0, len(stream), 8)]
+    drifts = [r.drift for r in results if r is not None]
+    return float(np.mean(drifts))
+
+
+@pytest.mark.parametrize("seed", [10, 11, 12])
+def test_ar1_stream_fails_the_exchangeable_test_and_passes_the_time_aware_one(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    series = ar1(rng, 512 + 4000, phi=0.8)
+    reference, live = series[:512], series[512:]
+    exchangeable = SourceDriftMonitor(reference, window=16, test_every=8, online_ert=None, seed=1, time_aware=False)
+    time_aware = SourceDriftMonitor(reference, window=16, test_every=8, online_ert=None, seed=1)
+    assert flag_rate(exchangeable, live) > 0.5  # the old test: "these seconds differ from those"
+    assert flag_rate(time_aware, live) <= 0.02  # configured p_val 0.01, measured over 500 tests
+
+
+def test_time_aware_test_still_detects_a_shift() -> None:
+    rng = np.random.default_rng(1)
+    series = ar1(rng, 512 + 400)
+    monitor = SourceDriftMonitor(series[:512], window=16, test_every=8, online_ert=None, seed=2)
+    assert flag_rate(monitor, series[512:] + 4.0) == 1.0
+
+
+def test_block_null_matches_a_brute_force_leave_out() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(90, D)).astype(np.float32)
+    mmd = MMDDrift(x, seed=0)
+    values = block_null_statistics(mmd.x_ref, mmd.sigma, 16, 8)
+    starts = block_starts(90, 16)
+    left, right = leave_out_bounds(starts, 16, 8, 90)
+    for i in (0, len(starts) // 2, len(starts) - 1):
+        keep = np.r_[0 : left[i], right[i] : 90]
+        brute = MMDDrift(x[keep], sigma=mmd.sigma, seed=0, n_permutations=1).statistics(torch.tensor(x[starts[i] : starts[i] + 16]))[0]
+        assert values[i] == pytest.approx(brute, abs=1e-5)
+
+
+def test_empirical_null_p_values_and_threshold_agree() -> None:
+    null = EmpiricalNull(np.arange(1.0, 20.0))  # 19 values: conformal p reaches 1/20
+    assert null.p_value(0.0) == 1.0
+    assert null.p_value(19.0) == pytest.approx(2 / 20)
+    assert null.p_value(19.5) == pytest.approx(1 / 20)
+    for alpha in (0.2, 0.05, 0.01, 0.001):
+        t = null.threshold(alpha)
+        assert null.p_value(t + 1e-6) <= alpha + 1e-12
+        assert null.p_value(t - 1e-6) > alpha or t - 1e-6 <= null.values[-1]
+    assert null.threshold(0.001) > null.threshold(0.01) > 19.0  # beyond the data: the fitted tail
+
+
+def test_a_p_val_that_permutations_cannot_reach_is_refused() -> None:
+    with pytest.raises(ValueError, match="can never be reached"):
+        ExporterConfig(model="m", p_val=0.001, n_permutations=200)
+    ExporterConfig(model="m", p_val=0.005, n_permutations=199)  # 1/200 = 0.005 is reachable
