@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import types
+import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -626,6 +627,11 @@ def select(patterns: str | None) -> list[Fault]:
     if not chosen:
         raise KeyError(f"no fault matches {patterns!r}; names look like {next(iter(FAULTS))!r}")
     return chosen
+
+
+def seed_of(*parts: object) -> int:
+    """A seed that depends only on ``parts`` (stable across runs and machines)."""
+    return zlib.crc32(repr(parts).encode())
 
 
 def environment() -> dict[str, str]:

@@ -26,7 +26,6 @@ import argparse
 import json
 import sys
 import time
-import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import material  # noqa: E402
+from benchmarks.material import seed_of  # noqa: E402
 from virk_exporter.fingerprint import Fingerprinter  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -46,10 +46,6 @@ QUICK_FAULTS = "imagenet-c/,albumentations/,codec/,camera/"
 
 def band(severity: int) -> str:
     return "clean" if severity == 0 else ("1-2" if severity <= 2 else "3-5")
-
-
-def seed_of(*parts: Any) -> int:
-    return zlib.crc32(repr(parts).encode())
 
 
 @dataclass(frozen=True)
@@ -170,7 +166,7 @@ def print_stills(summary: dict[str, Any], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 150)
     for by, label in (("by_cause", "cause"), ("by_resolution", "resolution"), ("by_family", "implementation")):
         table = Table(title=f"{title}: top-1 cause by {label} (n windows)")
         table.add_column(label)
@@ -253,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.part in ("clips", "all"):
         from benchmarks.real_footage_clips import run_and_print_clips
 
-        results["clips"] = run_and_print_clips(args.set, faults, args.quick, exporter_args, title)
+        results["clips"] = run_and_print_clips(args.set, faults, args.quick, exporter_args, title, explicit_faults=bool(args.faults))
     out = args.out or RESULTS / f"real_footage_{args.set}{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=_json_default))
