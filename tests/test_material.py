@@ -1,0 +1,86 @@
+"""The evaluation material of benchmarks/material.py loads and its shims run (small frames only).
+
+Needs the ``bench`` extra (``bash benchmarks/setup_bench.sh``); without it these tests skip.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+for _package in ("skvideo", "imagecorruptions", "albumentations", "av"):
+    if importlib.util.find_spec(_package) is None:
+        pytest.skip(f"{_package} missing: install the bench extra (bash benchmarks/setup_bench.sh)", allow_module_level=True)
+
+from benchmarks import material  # noqa: E402
+from virk_exporter.fingerprint import CAUSES  # noqa: E402
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    return material.camera_frames(material.TUNE[0], 4, (48, 64), seed=3)
+
+
+def test_clips_decode_to_rgb_with_their_real_sizes():
+    sizes = {}
+    for name in material.CLIPS:
+        stream = material.clip_stream(name)
+        assert stream.reference.dtype == np.uint8 and stream.reference.ndim == 4
+        assert len(stream.reference) > 0 and len(stream.rest) > 0
+        sizes[name] = stream.reference.shape[1:3]
+    assert sizes == {"carphone": (144, 176), "bikes": (272, 640), "bigbuckbunny": (720, 1280)}
+    carphone = material.clip_stream("carphone")
+    assert carphone.distorted_rest is not None and carphone.distorted_rest.shape == carphone.rest.shape
+    # the re-encode is real: the same sequence, not the same pixels
+    diff = np.abs(carphone.distorted_rest.astype(int) - carphone.rest).mean()
+    assert 0.5 < diff < 20
+
+
+def test_ping_pong_never_repeats_a_frame_back_to_back():
+    index = material.ping_pong(5, 20, start=3)
+    assert index.min() == 0 and index.max() == 4
+    assert np.all(np.diff(index) != 0)
+    assert list(material.ping_pong(3, 6)) == [0, 1, 2, 1, 0, 1]
+
+
+def test_tune_and_score_photographs_are_disjoint_and_load():
+    assert not set(material.TUNE) & set(material.SCORE)
+    assert {source for source, _ in material.TUNE + material.SCORE} >= {"skimage", "sklearn", "matplotlib"}
+    for photo in material.TUNE + material.SCORE:
+        image = material.photograph(*photo)
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and image.std() > 5
+
+
+def test_camera_frames_jitter_but_repeat_per_seed(frames):
+    again = material.camera_frames(material.TUNE[0], 4, (48, 64), seed=3)
+    assert np.array_equal(frames, again)
+    assert not np.array_equal(frames[0], frames[1])
+
+
+@pytest.mark.parametrize("name", sorted(material.FAULTS))
+def test_every_fault_corrupts_a_tiny_window(name, frames):
+    fault = material.FAULTS[name]
+    assert fault.cause in CAUSES
+    severity = fault.severities[-1]
+    out = fault(frames, severity, seed=1)
+    assert out.shape == frames.shape and out.dtype == np.uint8
+    assert not np.array_equal(out, frames) or fault.cause == "frozen"
+    assert np.array_equal(out, fault(frames, severity, seed=1)), "faults must be reproducible from their seed"
+
+
+def test_frozen_feed_holds_frames_and_cycling_keeps_consecutive_frames_distinct(frames):
+    frozen = material.FAULTS["camera/frozen"](frames, 5, seed=0)
+    assert all(np.array_equal(f, frozen[0]) for f in frozen)
+    cycled = material.FAULTS["imagenet-c/defocus_blur"](np.concatenate([frames, frames]), 4, seed=0, distinct=3)
+    assert np.array_equal(cycled[0], cycled[3]) and not np.array_equal(cycled[0], cycled[1])
+
+
+def test_imagecorruptions_shims_are_applied_in_the_benchmark_only():
+    package = material.imagecorruptions()
+    tiny = np.full((32, 32, 3), 128, np.uint8)
+    assert package.corrupt(tiny, severity=1, corruption_name="gaussian_blur").shape == (32, 32, 3)  # skimage shim
+    assert package.corrupt(tiny, severity=1, corruption_name="frost").shape == (32, 32, 3)  # pkg_resources shim
