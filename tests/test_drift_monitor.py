@@ -88,3 +88,11 @@ def test_alarm_count_and_wilson() -> None:
     assert alarm_count(drifts, 2) == (3, 6)
     assert alarm_count(drifts, 3) == (1, 5)
     assert 0.0 < wilson_upper(0, 100) < 0.05 and wilson_upper(50, 100) > 0.5
+
+
+def test_calibration_never_recommends_a_p_val_the_permutations_cannot_reach() -> None:
+    rng = np.random.default_rng(7)
+    report = calibrate(clean(rng, 200), clean(rng, 16 * 30), window=16, test_every=16, n_permutations=200, seed=1)
+    assert all(s.p_val >= 1 / 201 for s in report.settings)
+    assert report.recommended is None or report.recommended.p_val >= 1 / 201
+    assert any("0.001 left out" in note for note in report.notes)

@@ -16,7 +16,11 @@ from typing import Callable
 
 import numpy as np
 
-from virk_exporter.drift.mmd import MMDDrift
+from virk_exporter.config import ExporterConfig
+from virk_exporter.drift.mmd import MMDDrift, block_null_statistics
+from virk_exporter.drift.null import EmpiricalNull
+
+DEFAULTS = ExporterConfig(model="calibration")  # the exporter's own defaults, one source of truth
 
 
 @dataclass(frozen=True)
@@ -72,9 +76,9 @@ def check_disjoint(reference: np.ndarray, heldout: np.ndarray) -> int:
 def calibrate(
     reference: np.ndarray,
     heldout: np.ndarray,
-    window: int = 64,
-    test_every: int = 32,
-    n_permutations: int = 200,
+    window: int = DEFAULTS.window,
+    test_every: int = DEFAULTS.test_every,
+    n_permutations: int = DEFAULTS.n_permutations,
     p_vals: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05),
     hysteresis: tuple[int, ...] = (1, 2, 3),
     target: float = 0.01,
@@ -92,11 +96,27 @@ def calibrate(
         )
     if len(heldout) < window:
         raise ValueError(f"need at least window={window} held-out frames, got {len(heldout)}")
+    notes = []
+    floor = 1.0 / (1 + n_permutations)
+    unreachable = [p for p in p_vals if p < floor]
+    p_vals = tuple(p for p in p_vals if p >= floor)
+    if unreachable:
+        notes.append(
+            f"p_val {', '.join(f'{p:g}' for p in unreachable)} left out: with n_permutations={n_permutations} the "
+            f"smallest p-value is {floor:.4g}, so such a setting could never fire"
+        )
+    if not p_vals:
+        raise ValueError(f"every p_val is below 1/(1+n_permutations) = {floor:.4g}: raise n_permutations")
     starts = np.arange(0, len(heldout) - window + 1, test_every)
     detector = MMDDrift(reference, n_permutations=n_permutations, p_val=max(p_vals), device=device, seed=seed)
+    # The exporter's time-aware p-value (drift/monitor.py): the larger of the permutation p and
+    # the rank against the reference period replayed block by block.
+    values = block_null_statistics(detector.x_ref, detector.sigma, window, window)
+    null = EmpiricalNull(values, min_scale=1e-3, effective_size=len(reference) / window) if values.size else None
     p_values = np.empty(len(starts))
     for i, s in enumerate(starts):  # one test per scheduled window, as the exporter runs them
-        p_values[i] = detector.test(heldout[s : s + window]).p_value
+        result = detector.test(heldout[s : s + window])
+        p_values[i] = result.p_value if null is None else max(result.p_value, null.p_value(result.statistic))
         if progress:
             progress(1)
     settings = []
@@ -109,7 +129,6 @@ def calibrate(
     ok = [s for s in settings if s.tests > 0 and s.upper95 <= target] or [
         s for s in settings if s.tests > 0 and s.rate <= target
     ]
-    notes = []
     raw = {s.p_val: s for s in settings if s.hysteresis == 1}
     for p, s in raw.items():
         if s.tests >= 10 and s.rate > 2 * p and s.alarms >= 3:
