@@ -27,7 +27,7 @@ def test_torch_classifier_slices_and_late_labels(tmp_path):
     correct = sample_value(text, "virk_labels_total", source="dock-cam", outcome="correct")
     incorrect = sample_value(text, "virk_labels_total", source="dock-cam", outcome="incorrect")
     assert correct + incorrect == 30 * 8  # every frame labelled, 6 batches late
-    assert 0 < incorrect and sample_value(text, "virk_label_accuracy", source="dock-cam") == pytest.approx(correct / (correct + incorrect))
+    assert 0 < incorrect and sample_value(text, "virk_label_accuracy_ratio", source="dock-cam") == pytest.approx(correct / (correct + incorrect))
 
 
 def test_detector_with_hooked_features_and_box_statistics(tmp_path):

@@ -564,8 +564,8 @@ def test_source_image_properties_against_the_reference_band():
     panel = next(p for p in all_panels(load_dashboards()["virk-source.json"]) if p.get("repeat") == "property")
     targets = {t["refId"]: t for t in panel["targets"]}
     live = [r for r, t in targets.items() if t["expr"].startswith("virk_image_property{")]
-    low = [r for r, t in targets.items() if "virk_image_property_reference" in t["expr"] and 'quantile="0.05"' in t["expr"]]
-    high = [r for r, t in targets.items() if "virk_image_property_reference" in t["expr"] and 'quantile="0.95"' in t["expr"]]
+    low = [r for r, t in targets.items() if "virk_image_property_reference" in t["expr"] and 'band="p05"' in t["expr"]]
+    high = [r for r, t in targets.items() if "virk_image_property_reference" in t["expr"] and 'band="p95"' in t["expr"]]
     assert len(live) == len(low) == len(high) == 1
     assert not any("_over_time" in t["expr"] for t in targets.values())  # no stand-in band from the live series
     # The band: the 0.95 series is filled down to the 0.05 series (by its display name).

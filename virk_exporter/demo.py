@@ -195,7 +195,7 @@ def run(
         summary["accuracy"] = {
             sample.labels["source"]: sample.value
             for family in exporter.collect()
-            if family.name == "virk_label_accuracy"
+            if family.name == "virk_label_accuracy_ratio"
             for sample in family.samples
         }
     finally:

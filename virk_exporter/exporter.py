@@ -389,7 +389,7 @@ class Exporter:
 
     def record_label(self, frame_id: int, label: Any) -> None:
         """Ground truth for one frame, whenever it arrives. Never blocks, never raises: the
-        label is scored on the hand-off thread (``virk_labels_total``, ``virk_label_accuracy``)."""
+        label is scored on the hand-off thread (``virk_labels_total``, ``virk_label_accuracy_ratio``)."""
         self._label_book.submit((frame_id,), (label,))
 
     def record_labels(self, frame_ids: Any, labels: Any = None) -> None:
