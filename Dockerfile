@@ -1,6 +1,6 @@
 # The virk-exporter demo app (compose.yaml builds it from the repository).
 #   docker build -t virk-exporter-demo .
-#   docker run --rm -p 9400:9400 virk-exporter-demo demo --host 0.0.0.0 --port 9400 --duration 0
+#   docker run --rm -p 10098:10098 virk-exporter-demo demo --host 0.0.0.0 --port 10098 --duration 0
 FROM python:3.11-slim
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -21,6 +21,6 @@ RUN useradd --create-home --uid 10001 virk && mkdir -p /home/virk/spool && chown
 USER virk
 WORKDIR /home/virk
 
-EXPOSE 9400
+EXPOSE 10098
 ENTRYPOINT ["virk-exporter"]
-CMD ["demo", "--host", "0.0.0.0", "--port", "9400", "--duration", "0"]
+CMD ["demo", "--host", "0.0.0.0", "--port", "10098", "--duration", "0"]

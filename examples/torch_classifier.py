@@ -3,7 +3,7 @@
 Runs offline as is (no weights to download):
 
     python examples/torch_classifier.py            # prints what the exporter saw
-    python examples/torch_classifier.py --port 9400  # and serves /metrics while it runs
+    python examples/torch_classifier.py --port 10098  # and serves /metrics while it runs
 
 A camera at four sites sends frames of four scenes; the classifier names the scene. After a
 while the camera at ``site-2`` loses exposure (its frames go dark). The exporter detects the

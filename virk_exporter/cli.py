@@ -25,7 +25,7 @@ def main(verbose: bool) -> None:
 @click.option("--duration", type=float, default=36.0, show_default=True, help="Seconds to stream; 0 runs until Ctrl-C, repeating the incidents every --cycle seconds.")
 @click.option("--fps", type=float, default=12.0, show_default=True, help="Frames per second per camera.")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=9400, show_default=True, help="Port for /metrics and the webhook (0: any free port).")
+@click.option("--port", type=int, default=10098, show_default=True, help="Port for /metrics and the webhook (0: any free port).")
 @click.option("--store", envvar="VIRK_STORE", help="Where bundles go: a directory or s3://bucket/prefix (default ./virk-incidents).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--self-page/--no-self-page", default=True, show_default=True, help="Page each detection through the exporter's own webhook (turn off when Alertmanager pages it).")
@@ -51,7 +51,7 @@ def demo(duration: float, fps: float, host: str, port: int, store: str | None, s
 @click.option("--fps", type=float, default=10.0, show_default=True, help="Frames per second to replay at.")
 @click.option("--loop/--no-loop", default=False, help="Start over at the end.")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=9400, show_default=True)
+@click.option("--port", type=int, default=10098, show_default=True)
 @click.option("--webhook-token", envvar="VIRK_WEBHOOK_TOKEN", help="Bearer token Alertmanager must send (recommended).")
 def serve(frames_path: str, model: str, reference_path: str | None, store: str | None, fps: float, loop: bool, host: str, port: int, webhook_token: str | None) -> None:
     """Watch recorded frames (a directory or a video) and serve the exporter's routes."""

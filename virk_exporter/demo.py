@@ -150,7 +150,7 @@ def run(
     duration: float = 36.0,
     fps: float = 12.0,
     host: str = "127.0.0.1",
-    port: int = 9400,
+    port: int = 10098,
     store: str | None = None,
     seed: int = 0,
     console: Console | None = None,

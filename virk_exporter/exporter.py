@@ -452,7 +452,7 @@ class Exporter:
         return encoder(Families()), content_type
 
     # ----------------------------------------------------------------- HTTP
-    def serve(self, host: str = "127.0.0.1", port: int = 9400) -> Any:
+    def serve(self, host: str = "127.0.0.1", port: int = 10098) -> Any:
         """Serve /metrics, /-/healthy, /-/ready, /api/v1/alerts and /incidents/ in a thread."""
         from virk_exporter.server import serve
 

@@ -208,7 +208,7 @@ class ExporterServer:
         self._thread.join(timeout=5)
 
 
-def serve(exporter: Any, host: str = "127.0.0.1", port: int = 9400) -> ExporterServer:
+def serve(exporter: Any, host: str = "127.0.0.1", port: int = 10098) -> ExporterServer:
     try:
         httpd = make_server(host, port, make_wsgi_app(exporter), _ThreadingWSGIServer, handler_class=_QuietHandler)
     except OSError as problem:
