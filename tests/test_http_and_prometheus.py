@@ -110,6 +110,18 @@ def test_openmetrics_is_served_when_asked(served):
     assert body.rstrip().endswith(b"# EOF")
 
 
+def test_landing_page_links_the_routes(served):
+    exporter, server, _ = served
+    status, body = http_get(f"{server.url}/")
+    assert status == 200
+    page = body.decode()
+    assert f"virk-exporter {virk_exporter.__version__}" in page and "<b>scraped</b>" in page
+    for link in ('href="metrics"', 'href="-/healthy"', 'href="-/ready"', "docs/runbook.md"):
+        assert link in page, link
+    # The relative links resolve to routes that answer.
+    assert http_get(f"{server.url}/metrics")[0] == 200
+
+
 def test_health_ready_and_unknown_routes(served):
     _, server, _ = served
     assert http_get(f"{server.url}/-/healthy")[0] == 200

@@ -15,6 +15,8 @@ from socketserver import ThreadingMixIn
 from typing import Any, Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from virk_exporter.landing import landing_page
+
 
 MAX_BODY = 8 * 2**20  # hard cap on any request body; the webhook applies its own, smaller limit
 
@@ -70,6 +72,7 @@ def incidents(exporter: Any, request: Request) -> Response:
 
 ROUTES: list[tuple[str, str, bool, Callable[[Any, Request], Response]]] = [
     # (method, path, is prefix, handler)
+    ("GET", "/", False, landing_page),
     ("GET", "/metrics", False, metrics),
     ("GET", "/-/healthy", False, healthy),
     ("GET", "/-/ready", False, ready),
