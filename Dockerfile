@@ -12,10 +12,15 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.2"
 
 WORKDIR /src
-COPY pyproject.toml README.md* ./
+COPY pyproject.toml README.md* LICENSE ./
 COPY virk_exporter ./virk_exporter
-# [demo]: scikit-image and scikit-learn ship the real photographs the demo streams.
-RUN pip install ".[demo]" && rm -rf /src
+# The stack files are package data (virk_exporter/stack/ links to them: `virk-exporter stack export`).
+COPY prometheus ./prometheus
+COPY grafana ./grafana
+COPY compose.yaml .env.example ./
+# [demo]: scikit-image and scikit-learn ship the real photographs the demo streams; compose stores
+# bundles in MinIO ([s3]) and sends traces to Jaeger over OTLP ([otlp]).
+RUN pip install ".[demo,s3,otlp]" && rm -rf /src
 
 RUN useradd --create-home --uid 10001 virk && mkdir -p /home/virk/spool && chown -R virk /home/virk
 USER virk
