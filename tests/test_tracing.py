@@ -181,3 +181,16 @@ def test_the_otel_environment_names_the_service_and_the_exporter():
     # An endpoint, but OTEL_TRACES_EXPORTER=none: off.
     run = _own_tracer_run({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
     assert run.returncode == 0 and "TRACER False" in run.stdout, run.stderr
+
+
+def test_a_failing_tracer_never_reaches_the_caller(caplog):
+    from virk_exporter.tracing import call_span
+
+    class Broken:
+        def start_as_current_span(self, *args, **kwargs):
+            raise RuntimeError("sdk broke")
+
+    for _ in range(3):
+        with call_span(Broken(), "predict", {"virk.model": "m"}, span_per_call=True) as span:
+            assert span is None
+    assert sum("could not be started" in r.getMessage() for r in caplog.records) <= 1

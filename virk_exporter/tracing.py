@@ -36,6 +36,7 @@ INSTRUMENTATION = "virk_exporter"
 DEFAULT_SERVICE_NAME = "virk-exporter"  # only when neither OTEL_SERVICE_NAME nor OTEL_RESOURCE_ATTRIBUTES names one
 _OWN_PROVIDER: Any = None  # at most one per process, shared by all Exporters
 _OWN_PROVIDER_TRIED = False  # built (or refused, with one log line) once per process
+_SPAN_FAILURE_LOGGED = False
 
 
 def resolve_tracer(provider: Any = None) -> trace.Tracer | None:
@@ -52,14 +53,22 @@ def resolve_tracer(provider: Any = None) -> trace.Tracer | None:
 
 
 def call_span(tracer: trace.Tracer, name: str, attributes: dict[str, Any], span_per_call: bool) -> ContextManager[Any]:
-    """What a decorated call records its attributes on (the context manager yields that span)."""
-    if not span_per_call:
-        current = trace.get_current_span()
-        if current.is_recording():
-            # The caller's span is someone else's: only our own namespace goes on it.
-            current.set_attributes({k: v for k, v in attributes.items() if k.startswith("virk.")})
-            return nullcontext(current)
-    return tracer.start_as_current_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
+    """What a decorated call records its attributes on (the context manager yields that span;
+    None when the tracing SDK fails here: the call itself must run all the same)."""
+    try:
+        if not span_per_call:
+            current = trace.get_current_span()
+            if current.is_recording():
+                # The caller's span is someone else's: only our own namespace goes on it.
+                current.set_attributes({k: v for k, v in attributes.items() if k.startswith("virk.")})
+                return nullcontext(current)
+        return tracer.start_as_current_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
+    except Exception as problem:  # noqa: BLE001 - never raised to the caller
+        global _SPAN_FAILURE_LOGGED
+        if not _SPAN_FAILURE_LOGGED:
+            _SPAN_FAILURE_LOGGED = True
+            log.warning("virk-exporter: a span could not be started (logged once): %s: %s", type(problem).__name__, problem)
+        return nullcontext(None)
 
 
 def _own_provider() -> Any:
