@@ -176,3 +176,14 @@ def test_routes_mount_into_an_asgi_app(served):
     sent.clear()
     asyncio.run(exporter.asgi_app(scope, receive, send))
     assert b"virk_frames_total" in sent[1]["body"]
+
+
+def test_property_metrics_choose_the_exported_properties():
+    from virk_exporter.fingerprint.properties import PROPERTY_NAMES
+    from virk_exporter.metrics import exported_properties
+
+    names = list(PROPERTY_NAMES)
+    assert exported_properties(names, "all") == names
+    assert exported_properties(names, "none") == []
+    assert exported_properties(names, ("noise", "sharpness", "not_a_property")) == ["sharpness", "noise"]
+    assert set(exported_properties([*names, "shift_px"], "core")) == set(CORE_PROPERTIES)
