@@ -3,9 +3,13 @@
 #   make test   set up .venv, Prometheus, Alertmanager, SeaweedFS, docker-compose, Chromium; run every test
 .PHONY: demo test bench
 
+# `make demo PORT=9999 ARGS="--duration 0"`: the port of /metrics and the webhook, more demo options.
+PORT ?= 10098
+ARGS ?=
+
 demo:
 	bash scripts/setup.sh
-	.venv/bin/virk-exporter demo
+	.venv/bin/virk-exporter demo --port $(PORT) $(ARGS)
 
 test:
 	bash scripts/setup.sh --test

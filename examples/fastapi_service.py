@@ -14,8 +14,9 @@ and an in-memory span exporter.
 
 * Tracing: ``FastAPIInstrumentor`` (opentelemetry-instrumentation-fastapi) when installed, else a
   small ASGI middleware below that opens the same SERVER span per request. The monitored
-  ``predict`` call's span becomes its child, so a trace shows request → predict → the
-  exporter's monitoring span, and ``virk.frame_id.first`` ties the trace to recorded frames.
+  ``predict`` call puts its ``virk.*`` attributes on that span (``Exporter(span_per_call=True)``
+  gives it a child span instead); the exporter's monitoring spans link back to it, and
+  ``virk.frame_id.first`` ties the trace to recorded frames.
 * ``predict`` runs in a worker thread (``asyncio.to_thread``): ``exporter.last_frame_ids()`` is
   read *in that thread*, right after the call (ids are per thread / per task).
 * ``app.mount("/virk", exporter.asgi_app)`` serves ``/virk/metrics``, ``/virk/-/ready``,

@@ -102,7 +102,7 @@ def main() -> None:
         result = run(processor, model, {"Egyptian cat": "chelsea", "coffee mug": "coffee", "missile": "rocket"})
     source = result["status"]["sources"]["store-1"]
     print(f"{time.time() - started:.1f}s: drift detected={source['detected']} p={source['p_value']}")
-    show(result["metrics"], ("virk_drift_detected", "virk_label_accuracy", "virk_labels_total"))
+    show(result["metrics"], ("virk_drift_detected", "virk_label_accuracy_ratio", "virk_labels_total"))
 
 
 if __name__ == "__main__":

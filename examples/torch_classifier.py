@@ -3,12 +3,12 @@
 Runs offline as is (no weights to download):
 
     python examples/torch_classifier.py            # prints what the exporter saw
-    python examples/torch_classifier.py --port 9400  # and serves /metrics while it runs
+    python examples/torch_classifier.py --port 10098  # and serves /metrics while it runs
 
 A camera at four sites sends frames of four scenes; the classifier names the scene. After a
 while the camera at ``site-2`` loses exposure (its frames go dark). The exporter detects the
 drift, ranks ``site=site-2`` first among the slices, and when the (simulated) labelling team's
-ground truth arrives ten batches later, ``virk_label_accuracy`` drops: drift first, accuracy later.
+ground truth arrives ten batches later, ``virk_label_accuracy_ratio`` drops: drift first, accuracy later.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def main() -> None:
     print(f"{time.time() - started:.1f}s: drift detected={source['detected']} fingerprint={source['fingerprint']}")
     if source.get("slices"):
         print("slices ranked:", [(s["slice"], round(s["score"], 1), s["significant"]) for s in source["slices"]["slices"]])
-    show(result["metrics"], ("virk_drift_detected", "virk_slice_drift_score", "virk_label_accuracy", "virk_labels_total"))
+    show(result["metrics"], ("virk_drift_detected", "virk_slice_drift_score", "virk_label_accuracy_ratio", "virk_labels_total"))
 
 
 if __name__ == "__main__":

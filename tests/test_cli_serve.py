@@ -35,3 +35,15 @@ def test_serve_watches_a_directory_of_cameras(tmp_path):
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
+
+
+def test_serve_on_an_empty_directory_is_a_clear_error(tmp_path):
+    from click.testing import CliRunner
+
+    from virk_exporter.cli import main
+
+    (tmp_path / "frames").mkdir()
+    result = CliRunner().invoke(main, ["serve", "--frames", str(tmp_path / "frames"), "--model", "m", "--port", "0"])
+    assert result.exit_code == 1, result.output
+    assert "no images" in result.output and "Traceback" not in result.output
+    assert not isinstance(result.exception, ValueError)  # handled: a usage error, not a crash

@@ -11,15 +11,23 @@ import pytest
 
 from helpers import sample_value
 from servers import binary, http_get, prometheus_query, start_prometheus, wait_until
+import virk_exporter
 from virk_exporter import Exporter
+from virk_exporter.metrics import CORE_PROPERTIES
 from virk_exporter.server import PortInUseError
 
+# The README's bound on series per source with the default property_metrics="core": 8 properties,
+# 24 reference bands, 14 cause scores, up to 6 drift gauges (two detectors), up to 2 drift states,
+# 2 frame counters, labels by outcome (2 here) and up to 5 slices (none here).
+SERIES_PER_SOURCE_MAX = 60
 FRAME = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    exporter = Exporter(model="scraped", store=str(tmp_path_factory.mktemp("store")))
+    # A reference learned from 8 frames and drift tests every 4: the exposition then holds every
+    # per-source family (reference bands, drift scores), which is what promtool must accept.
+    exporter = Exporter(model="scraped", store=str(tmp_path_factory.mktemp("store")), reference_period_s=0, reference_frames=8, window=8, test_every=4)
     server = exporter.serve(host="127.0.0.1", port=0)
     assert exporter.wait_ready(120)
 
@@ -27,7 +35,7 @@ def served(tmp_path_factory):
     def predict(frames, cam):
         return np.eye(len(frames), 4)
 
-    for i in range(12):
+    for i in range(24):
         predict(np.stack([FRAME] * 2), cam=f"cam-{i % 2}")
     exporter.flush()
     yield exporter, server, predict
@@ -44,7 +52,7 @@ def test_prometheus_scrapes_the_exporter(served, tmp_path):
             what="Prometheus to scrape virk_frames_total",
         )
         by_source = {r["metric"]["source"]: float(r["value"][1]) for r in result}
-        assert by_source == {"cam-0": 12.0, "cam-1": 12.0}
+        assert by_source == {"cam-0": 24.0, "cam-1": 24.0}
         up = prometheus_query(prometheus, "up")
         assert up and up[0]["value"][1] == "1"
         # a worker-side family arrives through the same scrape
@@ -59,11 +67,40 @@ def test_exposition_parses_and_passes_promtool(served):
     status, body = http_get(f"{server.url}/metrics")
     assert status == 200
     text = body.decode()
-    assert sample_value(text, "virk_frames_total", model="scraped") >= 24
-    for family in ("virk_predict_duration_seconds", "virk_monitor_stage_seconds", "virk_queue_depth", "virk_recorder_bytes"):
+    assert sample_value(text, "virk_frames_total", model="scraped") >= 48
+    for family in (
+        "virk_predict_duration_seconds",
+        "virk_monitor_stage_seconds",
+        "virk_queue_depth",
+        "virk_recorder_bytes",
+        "virk_image_property_reference",  # a learned reference: the family promtool once rejected
+        "virk_drift_score",
+        "virk_build_info",
+    ):
         assert f"# TYPE {family}" in text, family
     check = subprocess.run([binary("promtool"), "check", "metrics"], input=body, capture_output=True, timeout=30)
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+
+
+def test_series_per_source_are_bounded(served):
+    """The README's count of series per source, measured on a source with a learned reference."""
+    _, server, _ = served
+    text = http_get(f"{server.url}/metrics")[1].decode()
+    series = [line for line in text.splitlines() if not line.startswith("#") and 'source="cam-0"' in line and "_created" not in line]
+    assert len(series) <= SERIES_PER_SOURCE_MAX, "\n".join(sorted(series))
+    properties = {line.split('property="')[1].split('"')[0] for line in series if line.startswith("virk_image_property{")}
+    assert properties == set(CORE_PROPERTIES)
+    bands = [line.split('band="')[1].split('"')[0] for line in series if line.startswith("virk_image_property_reference{")]
+    assert sorted(set(bands)) == ["p05", "p50", "p95"] and len(bands) == 3 * len(CORE_PROPERTIES)
+
+
+def test_build_info(served):
+    _, server, _ = served
+    text = http_get(f"{server.url}/metrics")[1].decode()
+    info = [line for line in text.splitlines() if line.startswith("virk_build_info{")]
+    assert len(info) == 1 and info[0].endswith(" 1.0"), info
+    assert f'version="{virk_exporter.__version__}"' in info[0] and 'python="' in info[0]
+    assert 'device="cpu"' in info[0] or 'device="cuda' in info[0]
 
 
 def test_openmetrics_is_served_when_asked(served):
@@ -71,6 +108,18 @@ def test_openmetrics_is_served_when_asked(served):
     status, body = http_get(f"{server.url}/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
     assert status == 200
     assert body.rstrip().endswith(b"# EOF")
+
+
+def test_landing_page_links_the_routes(served):
+    exporter, server, _ = served
+    status, body = http_get(f"{server.url}/")
+    assert status == 200
+    page = body.decode()
+    assert f"virk-exporter {virk_exporter.__version__}" in page and "<b>scraped</b>" in page
+    for link in ('href="metrics"', 'href="-/healthy"', 'href="-/ready"', "docs/runbook.md"):
+        assert link in page, link
+    # The relative links resolve to routes that answer.
+    assert http_get(f"{server.url}/metrics")[0] == 200
 
 
 def test_health_ready_and_unknown_routes(served):
@@ -127,3 +176,14 @@ def test_routes_mount_into_an_asgi_app(served):
     sent.clear()
     asyncio.run(exporter.asgi_app(scope, receive, send))
     assert b"virk_frames_total" in sent[1]["body"]
+
+
+def test_property_metrics_choose_the_exported_properties():
+    from virk_exporter.fingerprint.properties import PROPERTY_NAMES
+    from virk_exporter.metrics import exported_properties
+
+    names = list(PROPERTY_NAMES)
+    assert exported_properties(names, "all") == names
+    assert exported_properties(names, "none") == []
+    assert exported_properties(names, ("noise", "sharpness", "not_a_property")) == ["sharpness", "noise"]
+    assert set(exported_properties([*names, "shift_px"], "core")) == set(CORE_PROPERTIES)

@@ -67,7 +67,7 @@ def test_accuracy_matches_a_hand_computation_with_delayed_labels(exporter):
     for camera, outcomes in expected.items():
         assert metric(exporter, "virk_labels_total", source=camera, outcome="correct") == sum(outcomes)
         assert metric(exporter, "virk_labels_total", source=camera, outcome="incorrect") == len(outcomes) - sum(outcomes)
-        assert metric(exporter, "virk_label_accuracy", source=camera) == pytest.approx(np.mean(outcomes[-WINDOW:]))
+        assert metric(exporter, "virk_label_accuracy_ratio", source=camera) == pytest.approx(np.mean(outcomes[-WINDOW:]))
 
 
 def test_evicted_unknown_duplicate_and_unscorable_labels_are_counted(exporter):
@@ -124,7 +124,7 @@ def test_a_label_right_after_the_call_waits_for_its_frame(exporter):
     exporter.flush()
     assert metric(exporter, "virk_labels_total", source="cam-fast", outcome="correct") == 30
     assert metric(exporter, "virk_labels_total", source="cam-fast", outcome="incorrect") == 30
-    assert metric(exporter, "virk_label_accuracy", source="cam-fast") == 0.5
+    assert metric(exporter, "virk_label_accuracy_ratio", source="cam-fast") == 0.5
 
 
 def test_frame_ids_are_per_thread_and_per_task_and_match_the_recorder(exporter):

@@ -60,7 +60,7 @@ def test_promtool_check_config():
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     assert config["rule_files"] == ["virk.rules.yml"]
     targets = [t for job in config["scrape_configs"] if job["job_name"] == "virk" for sc in job["static_configs"] for t in sc["targets"]]
-    assert targets == ["demo:9400"]
+    assert targets == ["demo:10098"]
     am = [t for a in config["alerting"]["alertmanagers"] for sc in a["static_configs"] for t in sc["targets"]]
     assert am == ["alertmanager:9093"]
 
@@ -82,7 +82,7 @@ def test_promtool_rule_unit_tests_pass():
 def test_promtool_rule_unit_tests_catch_a_missing_for(tmp_path):
     """The unit tests are not vacuous: without `for:` the noisy-window and pending cases fail."""
     rules = RULES.read_text()
-    assert re.search(r"alert: VisionModelDrift\n(?:.*\n){1,4}\s+for: 1m\n", rules), "VisionModelDrift should wait `for: 1m`"
+    assert re.search(r"alert: VisionModelDrift\n(?:.*\n){1,8}\s+for: 1m\n", rules), "VisionModelDrift should wait `for: 1m`"
     (tmp_path / "virk.rules.yml").write_text(rules.replace("for: 1m", "for: 0s", 1))
     (tmp_path / "tests").mkdir()
     for test in (PROMETHEUS / "tests").glob("*.yml"):
@@ -97,10 +97,23 @@ def test_promtool_rule_unit_tests_catch_a_missing_for(tmp_path):
 def test_drift_alert_labels_and_annotations():
     rules = {r.get("alert"): r for g in load_rules()["groups"] for r in g["rules"] if "alert" in r}
     drift = rules["VisionModelDrift"]
-    assert drift["expr"].strip() == "virk_drift_detected == 1"
+    # Capture causes page, whichever detector sees them; a content change is a ticket.
+    assert drift["expr"].strip() == 'max without (detector) (virk_drift_detected{fingerprint!~"content|none"}) == 1'
     assert drift["labels"]["severity"] == "critical"
-    for key in ("summary", "description", "cause", "cause_description", "evidence", "dashboard"):
+    content = rules["VisionModelContentChange"]
+    assert content["expr"].strip() == 'max without (detector) (virk_drift_detected{fingerprint="content"}) == 1'
+    assert content["labels"]["severity"] == "ticket"
+    for key in ("summary", "description", "cause", "cause_description", "evidence", "dashboard", "runbook_url"):
         assert key in drift["annotations"], key
+    # Every alert links its own section of docs/runbook.md.
+    runbook = (ROOT / "docs" / "runbook.md").read_text()
+    anchors = {re.sub(r"[^a-z0-9 -]", "", line[3:].strip().lower()).replace(" ", "-") for line in runbook.splitlines() if line.startswith("## ")}
+    for name, rule in rules.items():
+        if name is None:
+            continue
+        url = rule["annotations"]["runbook_url"]
+        assert url.split("#")[0].endswith("/docs/runbook.md") and url.split("#")[1] == name.lower(), name
+        assert name.lower() in anchors, f"docs/runbook.md has no section '## {name}'"
     # Every cause of the vocabulary (DESIGN.md) gets words in the annotation.
     for cause in ("blur", "noise", "brightness", "contrast", "color_shift", "weather", "glare", "compression",
                   "resolution", "camera_shift", "occlusion", "frozen"):
@@ -208,6 +221,8 @@ def test_amtool_check_config():
         (["alertname=VirkFramesDropped", "model=detector-v3", "severity=warning"], "virk-pager"),
         (["alertname=VirkIncidentBundleFailed", "model=detector-v3", "severity=warning"], "virk-pager"),
         (["alertname=VisionModelAccuracyDropAfterDrift", "model=detector-v3", "source=cam-1", "severity=ticket"], "virk-pager"),
+        # A content change: a bundle from the exporter, then the ticket route (not the page route).
+        (["alertname=VisionModelContentChange", "model=detector-v3", "source=cam-1", "fingerprint=content", "severity=ticket"], "virk-exporter,virk-pager"),
     ],
 )
 def test_amtool_routes(labels, receivers):
@@ -257,9 +272,9 @@ def test_amtool_template_render_page_has_bundle_link(tmp_path):
     assert "Source:    cam-1" in text
     assert "Cause:     blur: frames are blurrier" in text
     assert "Evidence:  p-value 0.0099; mmd statistic 0.0412 (threshold 0.0123)" in text
-    assert "Bundle:    http://localhost:9400/incidents/4a7c0e2f9d1b3c55" in text
+    assert "Bundle:    http://localhost:10098/incidents/4a7c0e2f9d1b3c55" in text
     assert "Dashboard: http://localhost:3000/d/virk-source/virk-source?var-model=detector-v3&var-source=cam-1" in text
-    assert "Resolved:\n- VisionModelDrift detector-v3 / cam-2 (camera_shift): http://localhost:9400/incidents/0123456789abcdef" in text
+    assert "Resolved:\n- VisionModelDrift detector-v3 / cam-2 (camera_shift): http://localhost:10098/incidents/0123456789abcdef" in text
     title = _render('{{ template "virk.page.title" . }}', data, tmp_path)
     assert title.strip() == "[FIRING:1] VisionModelDrift detector-v3: cam-1 blur"
 
@@ -299,7 +314,7 @@ def _local_alertmanager_config(tmp_path: Path, exporter_url: str, pager_url: str
     config["templates"] = [str(TEMPLATES / "*.tmpl")]
     receivers = {r["name"]: r for r in config["receivers"]}
     webhook = receivers["virk-exporter"]["webhook_configs"][0]
-    assert webhook["url"] == "http://demo:9400/api/v1/alerts"
+    assert webhook["url"] == "http://demo:10098/api/v1/alerts"
     assert webhook["http_config"]["authorization"]["type"] == "Bearer"
     webhook["url"] = f"{exporter_url}/api/v1/alerts"
     webhook["http_config"]["authorization"]["credentials_file"] = str(tmp_path / "webhook_token")
@@ -338,7 +353,7 @@ def test_alertmanager_pages_once_with_bundle_links_and_calls_webhook(tmp_path):
         }
         alerts = [
             {"labels": {"alertname": "VisionModelDrift", "model": "detector-v3", "source": source, "fingerprint": cause, "severity": "critical",
-                        "job": "virk", "instance": "127.0.0.1:9400"},
+                        "job": "virk", "instance": "127.0.0.1:10098"},
              "annotations": annotations, "generatorURL": "http://prometheus/graph"}
             for source, cause in (("cam-1", "blur"), ("cam-2", "camera_shift"))
         ]
@@ -367,9 +382,9 @@ def test_alertmanager_pages_once_with_bundle_links_and_calls_webhook(tmp_path):
         for source, cause in (("cam-1", "blur"), ("cam-2", "camera_shift")):
             assert f"Source:    {source}" in text
             assert f"Cause:     {cause}: " in text
-            assert f"Bundle:    http://localhost:9400/incidents/{fingerprints[source]}" in text
+            assert f"Bundle:    http://localhost:10098/incidents/{fingerprints[source]}" in text
         assert "Evidence:  p-value 0.001; cause scores: blur 0.91" in text
-        assert page["links"][0]["href"] in {f"http://localhost:9400/incidents/{fp}" for fp in fingerprints.values()}
+        assert page["links"][0]["href"] in {f"http://localhost:10098/incidents/{fp}" for fp in fingerprints.values()}
     finally:
         server.stop()
         exporter.close()
@@ -403,6 +418,39 @@ def test_alertmanager_sends_an_accuracy_ticket_as_pagerduty_info(tmp_path):
         pager.close()
 
 
+@pytest.mark.integration
+def test_alertmanager_inhibits_health_alerts_of_a_replica_that_is_down(tmp_path):
+    """VirkExporterDown silences the same replica's VirkNoFrames/VirkMonitoringStalled/
+    VirkFramesDropped (`equal: [instance]`), and only that replica's: the label sets are the ones
+    the rules produce (promtool tests check those)."""
+    server = start_alertmanager(tmp_path / "am", _local_alertmanager_config(tmp_path, "http://127.0.0.1:9", "http://127.0.0.1:9", "t"))
+    try:
+        down = {"job": "virk", "instance": "10.0.0.1:10098"}
+        other = {"job": "virk", "instance": "10.0.0.2:10098"}
+        alerts = [{"labels": {"alertname": "VirkExporterDown", "severity": "warning", **down}}]
+        for alertname in ("VirkNoFrames", "VirkMonitoringStalled", "VirkFramesDropped"):
+            alerts.append({"labels": {"alertname": alertname, "model": "detector-v3", "severity": "warning", **down}})
+        # The other replica: no frames and drops (its worker is not stalled, so nothing inhibits them).
+        for alertname in ("VirkNoFrames", "VirkFramesDropped"):
+            alerts.append({"labels": {"alertname": alertname, "model": "detector-v3", "severity": "warning", **other}})
+        _post_alerts(server.url, [{**a, "annotations": {"summary": "x"}, "generatorURL": "http://prometheus/graph"} for a in alerts])
+
+        def states():
+            with urllib.request.urlopen(f"{server.url}/api/v2/alerts", timeout=5) as response:
+                listed = json.loads(response.read())
+            got = {(a["labels"]["alertname"], a["labels"]["instance"]): a["status"]["state"] for a in listed}
+            return got if len(got) == len(alerts) and "unprocessed" not in got.values() else None
+
+        got = wait_until(states, 20, what="Alertmanager to process the alerts")
+        assert got[("VirkExporterDown", down["instance"])] == "active"
+        for alertname in ("VirkNoFrames", "VirkMonitoringStalled", "VirkFramesDropped"):
+            assert got[(alertname, down["instance"])] == "suppressed", got
+        for alertname in ("VirkNoFrames", "VirkFramesDropped"):
+            assert got[(alertname, other["instance"])] == "active", got
+    finally:
+        server.stop()
+
+
 # --- compose.yaml ------------------------------------------------------------------------------
 
 
@@ -417,7 +465,7 @@ def test_compose_config_validates(tmp_path):
     assert {"demo", "prometheus", "alertmanager", "grafana", "minio", "jaeger", "pager"} <= set(services)
     demo = services["demo"]
     assert demo["build"]["dockerfile"] == "Dockerfile" and (ROOT / "Dockerfile").exists()
-    assert demo["command"] == ["demo", "--host", "0.0.0.0", "--port", "9400", "--duration", "0", "--store", "s3://virk-incidents/demo", "--no-self-page"]
+    assert demo["command"] == ["demo", "--host", "0.0.0.0", "--port", "10098", "--duration", "0", "--store", "s3://virk-incidents/demo", "--no-self-page"]
     env = demo["environment"]
     assert env["VIRK_S3_ENDPOINT"] == "http://minio:9000"
     assert env["VIRK_S3_ACCESS_KEY"] == services["minio"]["environment"]["MINIO_ROOT_USER"]
@@ -500,7 +548,9 @@ def test_dashboard_round_trips_through_grafana_foundation_sdk(file):
         import grafana_foundation_sdk  # noqa: F401
     except ImportError:
         pytest.fail("grafana-foundation-sdk is not installed: pip install 'grafana-foundation-sdk==1769699379!11.6.0' (make test does)")
-    dashboard = load_dashboards()[file]
+    # `__inputs` is the import envelope (what Grafana's "Import dashboard" asks for), not part of
+    # the dashboard schema the SDK models: compare the dashboard itself.
+    dashboard = {k: v for k, v in load_dashboards()[file].items() if k != "__inputs"}
     differences = _json_diff(dashboard, _sdk_round_trip(dashboard))
     assert not differences, "\n".join(differences)
 
@@ -564,8 +614,8 @@ def test_source_image_properties_against_the_reference_band():
     panel = next(p for p in all_panels(load_dashboards()["virk-source.json"]) if p.get("repeat") == "property")
     targets = {t["refId"]: t for t in panel["targets"]}
     live = [r for r, t in targets.items() if t["expr"].startswith("virk_image_property{")]
-    low = [r for r, t in targets.items() if "virk_image_property_reference" in t["expr"] and 'quantile="0.05"' in t["expr"]]
-    high = [r for r, t in targets.items() if "virk_image_property_reference" in t["expr"] and 'quantile="0.95"' in t["expr"]]
+    low = [r for r, t in targets.items() if "virk_image_property_reference" in t["expr"] and 'band="p05"' in t["expr"]]
+    high = [r for r, t in targets.items() if "virk_image_property_reference" in t["expr"] and 'band="p95"' in t["expr"]]
     assert len(live) == len(low) == len(high) == 1
     assert not any("_over_time" in t["expr"] for t in targets.values())  # no stand-in band from the live series
     # The band: the 0.95 series is filled down to the 0.05 series (by its display name).
@@ -593,16 +643,42 @@ def _datasource_refs(node, path="$"):
             yield from _datasource_refs(value, f"{path}[{i}]")
 
 
-def test_dashboard_datasource_uids_match_provisioning():
+def test_dashboard_datasources_are_the_datasource_variable():
+    """Every Prometheus query goes through `${datasource}` (a datasource variable, so an imported
+    board asks for its Prometheus via `__inputs`); provisioned boards get the default one."""
     provisioned = _provisioned_datasources()
-    assert provisioned["virk-prometheus"]["type"] == "prometheus"
+    assert provisioned["virk-prometheus"]["type"] == "prometheus" and provisioned["virk-prometheus"]["isDefault"]
     assert provisioned["virk-traces"]["type"] in {"jaeger", "tempo"}
     for file, dashboard in load_dashboards().items():
+        variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus", file
+        assert variables["datasource"]["current"]["value"] == "${DS_PROMETHEUS}", file
+        assert [i["name"] for i in dashboard["__inputs"]] == ["DS_PROMETHEUS"], file
+        assert dashboard["__inputs"][0]["pluginId"] == "prometheus", file
+        assert dashboard["editable"] is False, file  # provisioned: edits belong in the JSON file
         refs = list(_datasource_refs(dashboard))
         assert refs, file
         for path, ref in refs:
-            assert ref.get("uid") in provisioned, f"{file} {path}: unknown datasource uid {ref.get('uid')!r}"
-            assert ref.get("type") == provisioned[ref["uid"]]["type"], f"{file} {path}"
+            assert ref == {"type": "prometheus", "uid": "${datasource}"}, f"{file} {path}: {ref}"
+        for name in ("job", "instance"):
+            assert variables[name]["type"] == "query" and variables[name]["includeAll"], (file, name)
+
+
+def test_raw_series_queries_filter_by_job_and_instance():
+    for file, dashboard in load_dashboards().items():
+        for query in dashboard_queries(dashboard):
+            for selector in re.findall(r"\b(?:virk_\w+|ALERTS)\{[^}]*\}", query["expr"]):
+                assert 'job=~"$job"' in selector and 'instance=~"$instance"' in selector, f"{file} {query['where']}: {selector}"
+
+
+def test_bundle_outcomes_have_their_own_colours():
+    panel = _panel("virk-overview.json", "Incident bundles in range")
+    assert panel["fieldConfig"]["defaults"]["color"]["mode"] == "fixed"
+    colours = {o["matcher"]["options"]: o["properties"][0]["value"]["fixedColor"] for o in panel["fieldConfig"]["overrides"]}
+    assert colours == {".* uploaded$": "green", ".* spooled$": "orange", ".* failed$": "red"}
+    names = {"detector-v3 uploaded": "green", "detector-v3 failed": "red", "detector-v3 spooled": "orange"}
+    for name, colour in names.items():  # the regexes match the legend names Grafana shows
+        assert [c for pattern, c in colours.items() if re.fullmatch(pattern, name)] == [colour], name
 
 
 def test_exemplars_link_to_the_trace_datasource():

@@ -30,7 +30,7 @@ from stack_queries import RULES, dashboard_queries, load_dashboards, substitute,
 
 # The demo's scripted incidents start at 40% (blur on cam-1) and 65% (camera bump on cam-2) of its
 # duration; it keeps serving /metrics after streaming while it waits for its bundles, then exits.
-# Late-label series (virk_labels_total, virk_label_accuracy) appear ~6 s after the first frames
+# Late-label series (virk_labels_total, virk_label_accuracy_ratio) appear ~6 s after the first frames
 # (the demo's label delay); slice scores (virk_slice_drift_score) once cam-1's drift is detected,
 # and they stay while it is detected (to the end of a finite demo): no later than the drift alerts.
 DEMO_SECONDS = 50

@@ -29,7 +29,7 @@ REAL_PAYLOAD = {
     "alerts": [
         {
             "status": "firing",
-            "labels": {"alertname": "VisionModelDrift", "model": MODEL, "source": "cam1", "instance": "127.0.0.1:9400"},
+            "labels": {"alertname": "VisionModelDrift", "model": MODEL, "source": "cam1", "instance": "127.0.0.1:10098"},
             "annotations": {"summary": "drift"},
             "startsAt": "2026-11-26T01:02:03.123456789Z",
             "endsAt": "0001-01-01T00:00:00Z",
@@ -143,8 +143,8 @@ def test_forwarding_to_allow_listed_peers_only(tmp_path):
     """Two replicas over real HTTP: A forwards B's alert to B; unknown instances are not relayed;
     a forwarded notification is never forwarded again (no loops)."""
     port_a, port_b = free_port(), free_port()
-    a = FakeExporter(tmp_path / "a", instance="a:9400", webhook_token=TOKEN, peers={"b:9400": f"http://127.0.0.1:{port_b}"})
-    b = FakeExporter(tmp_path / "b", instance="b:9400", webhook_token=TOKEN, peers={"a:9400": f"http://127.0.0.1:{port_a}"})
+    a = FakeExporter(tmp_path / "a", instance="a:10098", webhook_token=TOKEN, peers={"b:10098": f"http://127.0.0.1:{port_b}"})
+    b = FakeExporter(tmp_path / "b", instance="b:10098", webhook_token=TOKEN, peers={"a:10098": f"http://127.0.0.1:{port_a}"})
     servers = [serve(a, port=port_a), serve(b, port=port_b)]
     try:
         def send(port: int, body: dict, extra: dict | None = None) -> tuple[int, dict]:
@@ -159,17 +159,17 @@ def test_forwarding_to_allow_listed_peers_only(tmp_path):
             except urllib.error.HTTPError as error:
                 return error.code, json.loads(error.read())
 
-        status, answer = send(port_a, _alert_for("b:9400", "00000000000000bb"))
-        assert status == 202 and answer["forwarded"] == {"b:9400": f"http://127.0.0.1:{port_b}"}, answer
+        status, answer = send(port_a, _alert_for("b:10098", "00000000000000bb"))
+        assert status == 202 and answer["forwarded"] == {"b:10098": f"http://127.0.0.1:{port_b}"}, answer
         assert a.submitted == [] and [x.alerts[0].fingerprint for x in b.submitted] == ["00000000000000bb"]
 
-        status, answer = send(port_a, _alert_for("a:9400", "00000000000000aa"))
+        status, answer = send(port_a, _alert_for("a:10098", "00000000000000aa"))
         assert status == 202 and answer["accepted"] == ["00000000000000aa"] and len(b.submitted) == 1
 
         status, answer = send(port_a, _alert_for("evil.example:80", "00000000000000ee"))
         assert status == 422 and "nor an allowed peer" in answer["ignored"][0]["reason"]
 
-        status, answer = send(port_b, _alert_for("a:9400", "00000000000000ff"), {"X-Virk-Forwarded": "1"})
+        status, answer = send(port_b, _alert_for("a:10098", "00000000000000ff"), {"X-Virk-Forwarded": "1"})
         assert status == 422 and "not this replica" in answer["ignored"][0]["reason"]
         assert [len(a.submitted), len(b.submitted)] == [1, 1]
     finally:
@@ -179,8 +179,8 @@ def test_forwarding_to_allow_listed_peers_only(tmp_path):
 
 def test_forward_failure_is_502_so_alertmanager_retries(tmp_path):
     dead = free_port()
-    a = FakeExporter(tmp_path, instance="a:9400", peers={"b:9400": f"http://127.0.0.1:{dead}"})
-    status, answer = post(a, json.dumps(_alert_for("b:9400", "00000000000000bb")).encode())
+    a = FakeExporter(tmp_path, instance="a:10098", peers={"b:10098": f"http://127.0.0.1:{dead}"})
+    status, answer = post(a, json.dumps(_alert_for("b:10098", "00000000000000bb")).encode())
     assert status == 502 and "unreachable" in answer["error"]
 
 

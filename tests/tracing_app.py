@@ -1,6 +1,10 @@
 """An application with its own TracerProvider, run by test_tracing.py in a fresh process.
 
-Usage: python tracing_app.py OTLP_ENDPOINT STORE_DIR  → prints one JSON line of what it did.
+Usage: python tracing_app.py OTLP_ENDPOINT STORE_DIR MODE  → prints one JSON line of what it did.
+
+MODE "current": the provider is the global one and the exporter puts its attributes on the
+request span (the default). MODE "per-call": the provider is only passed as
+``Exporter(tracer_provider=...)`` (never made global) with ``span_per_call=True``.
 """
 
 import json
@@ -18,13 +22,16 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from virk_exporter import Exporter, corruptions, photos
 from virk_exporter.incidents.webhook import make_alert_payload
 
-endpoint, store = sys.argv[1], sys.argv[2]
+endpoint, store, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 provider = TracerProvider(resource=Resource.create({"service.name": "tracing-app"}))
 provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
-trace.set_tracer_provider(provider)
-server_tracer = trace.get_tracer("app.http")
+tracing = {"tracer_provider": provider, "span_per_call": True} if mode == "per-call" else {}
+if mode == "current":
+    trace.set_tracer_provider(provider)
+server_tracer = provider.get_tracer("app.http")
 
-exporter = Exporter(model="traced", store=store, reference_period_s=0, reference_frames=16, window=16, test_every=8, hysteresis=1, n_permutations=100, webhook_token="t0k")
+exporter = Exporter(model="traced", store=store, reference_period_s=0, reference_frames=16, window=16, test_every=8, hysteresis=1, n_permutations=100, webhook_token="t0k",
+                    **tracing)
 server = exporter.serve(port=0)
 exporter.wait_ready(120)
 

@@ -184,12 +184,7 @@ class Analysis:
     def _publish_reference(self, state: SourceAnalysis) -> None:
         """Each image property's reference band, for dashboards to draw the live value against."""
         self._publish_learning(state)
-        for name, values in state.baseline.properties.items():
-            finite = np.asarray(values, np.float64)
-            finite = finite[np.isfinite(finite)]
-            if len(finite):
-                for q, value in zip(("0.05", "0.5", "0.95"), np.quantile(finite, (0.05, 0.5, 0.95))):
-                    self.metrics.image_property_reference.labels(self.model, state.name, name, q).set(float(value))
+        self.metrics.publish_reference(self.model, state.name, state.baseline.properties, self.config.property_metrics)
 
     def _given_baseline(self, name: str) -> Baseline | None:
         if self.shared_baseline is not None:
@@ -393,10 +388,7 @@ class Analysis:
         scores = capture.diagnosis.scores
         for cause in CAUSES:
             m.fingerprint_score.labels(model, source, cause).set(float(scores.get(cause, 0.0)))
-        for name, values in state.window_properties().items():
-            finite = values[np.isfinite(values)]
-            if len(finite):
-                m.image_property.labels(model, source, name).set(float(np.median(finite)))
+        m.publish_properties(model, source, state.window_properties(), self.config.property_metrics)
         state.last_update, state.last_capture, state.diagnosis = update, capture, capture.diagnosis
         self.timeline.append(
             {

@@ -40,6 +40,8 @@ class ExporterConfig:
     p_val: float = 0.01  # per test and detector; at least 1 / (1 + n_permutations)
     hysteresis: int = 2  # consecutive drifting tests before `virk_drift_detected` = 1
     device: str | None = None  # torch device for embeddings (None: CUDA when available)
+    # image properties exported as metrics: "core" (metrics.CORE_PROPERTIES), "all", "none" or names
+    property_metrics: str | tuple[str, ...] = "core"
     # Transport and recorder
     queue_batches: int = 64
     queue_bytes: int = 64 * 2**20

@@ -28,6 +28,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from virk_exporter import corruptions, photos
+from virk_exporter.cli import invocation
 from virk_exporter.exporter import Exporter
 from virk_exporter.incidents.webhook import make_alert_payload
 
@@ -150,7 +151,7 @@ def run(
     duration: float = 36.0,
     fps: float = 12.0,
     host: str = "127.0.0.1",
-    port: int = 9400,
+    port: int = 10098,
     store: str | None = None,
     seed: int = 0,
     console: Console | None = None,
@@ -197,7 +198,7 @@ def run(
         summary["accuracy"] = {
             sample.labels["source"]: sample.value
             for family in exporter.collect()
-            if family.name == "virk_label_accuracy"
+            if family.name == "virk_label_accuracy_ratio"
             for sample in family.samples
         }
     finally:
@@ -332,8 +333,10 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
                       f"yes{delay}" if detection else "no", detection["line"] if detection else "—",
                       "—" if accuracy is None else f"{accuracy:.0%}")
     console.print(table)
+    command = invocation()  # runnable as printed, e.g. .venv/bin/virk-exporter after `make demo`
     for path in summary["bundles"]:
         # soft_wrap: long paths stay on one line, ready to copy
         console.print(f"incident bundle: [bold]{path}[/]", soft_wrap=True)
-        console.print(f"  replay:  virk-exporter bundle replay {path} --predict virk_exporter.demo:predict", soft_wrap=True)
-        console.print(f"  verify:  virk-exporter bundle verify {path}", soft_wrap=True)
+        console.print(f"  replay:  {command} bundle replay {path} --predict virk_exporter.demo:predict", soft_wrap=True)
+        console.print(f"  verify:  {command} bundle verify {path}", soft_wrap=True)
+        console.print(f"  report:  {command} bundle show {path}  (report.html inside the zip)", soft_wrap=True)

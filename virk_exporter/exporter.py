@@ -25,7 +25,6 @@ from typing import Any, Callable, Iterable, TypeVar
 
 import numpy as np
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
@@ -37,7 +36,7 @@ from virk_exporter.labels import RAISED, LabelBook
 from virk_exporter.metrics import CallerMetrics, merge_families
 from virk_exporter.outputs import output_rows, output_summary, to_numpy
 from virk_exporter.slices import tags_per_frame
-from virk_exporter.tracing import emit, force_flush, hex_ids, resolve_tracer
+from virk_exporter.tracing import call_span, emit, force_flush, hex_ids, resolve_tracer
 from virk_exporter.worker_handle import WorkerHandle
 
 log = logging.getLogger("virk_exporter")
@@ -65,6 +64,8 @@ class Exporter:
         copy_on_call: bool = False,
         label_memory: int = 1 << 20,
         label_window: int = 500,
+        tracer_provider: Any = None,
+        span_per_call: bool = False,
         **options: Any,
     ) -> None:
         if store is not None:
@@ -85,6 +86,7 @@ class Exporter:
         self._duration = self.metrics.predict_duration.labels(model)
         self._tracer: Any = None
         self._tracing_resolved = False
+        self._tracer_provider, self._span_per_call = tracer_provider, span_per_call  # see tracing.call_span
         # Late labels (labels.py): the prediction ledger, kept on the hand-off thread.
         self._label_book = LabelBook(
             self.model, self.metrics.labels_total, self.metrics.label_accuracy, lambda: self._next_id, label_memory, label_window, self._count_error
@@ -179,15 +181,15 @@ class Exporter:
         return decorate(fn) if fn is not None else decorate
 
     def _span(self, target: "_Target") -> Any:
-        """The call's span as the current span (a child of the caller's), or nothing when tracing is off."""
+        """The span the call's attributes go on (the caller's, or one per call), or nothing when tracing is off."""
         tracer = self._tracer if self._tracing_resolved else self._resolve_tracing()
         if tracer is None:
             return _NO_SPAN
-        return tracer.start_as_current_span(target.name, kind=SpanKind.INTERNAL, attributes=target.attributes)
+        return call_span(tracer, target.name, target.attributes, self._span_per_call)
 
     def _resolve_tracing(self) -> Any:
         """Pick the tracer at the first monitored call (so an app may set its provider after creating us)."""
-        self._tracer = resolve_tracer()
+        self._tracer = resolve_tracer(self._tracer_provider)
         self._tracing_resolved = True
         if self._tracer is not None:
             self._worker.post("tracing", True, sticky=True)
@@ -389,7 +391,7 @@ class Exporter:
 
     def record_label(self, frame_id: int, label: Any) -> None:
         """Ground truth for one frame, whenever it arrives. Never blocks, never raises: the
-        label is scored on the hand-off thread (``virk_labels_total``, ``virk_label_accuracy``)."""
+        label is scored on the hand-off thread (``virk_labels_total``, ``virk_label_accuracy_ratio``)."""
         self._label_book.submit((frame_id,), (label,))
 
     def record_labels(self, frame_ids: Any, labels: Any = None) -> None:
@@ -427,7 +429,7 @@ class Exporter:
         self._worker.flush(timeout)
         if self._tracer is not None:
             self._emit_worker_spans()
-            force_flush()
+            force_flush(self._tracer_provider)
 
     def rebase(self, source: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
         """Learn a new reference for ``source`` (every source with None), e.g. after a camera
@@ -461,7 +463,7 @@ class Exporter:
         return encoder(Families()), content_type
 
     # ----------------------------------------------------------------- HTTP
-    def serve(self, host: str = "127.0.0.1", port: int = 9400) -> Any:
+    def serve(self, host: str = "127.0.0.1", port: int = 10098) -> Any:
         """Serve /metrics, /-/healthy, /-/ready, /api/v1/alerts and /incidents/ in a thread."""
         from virk_exporter.server import serve
 
@@ -493,7 +495,7 @@ class Exporter:
         self._worker.close(self.config.close_timeout_s if timeout is None else timeout)
         if self._tracer is not None:
             self._emit_worker_spans()
-            force_flush()
+            force_flush(self._tracer_provider)
 
     def __enter__(self) -> "Exporter":
         return self

@@ -13,11 +13,11 @@ frames, evicts them by bytes within minutes, and would need a round trip per lab
 * ``record_label`` on the caller's thread only appends to a deque (no lock, no system call); the
   hand-off thread scores labels after each call it processes, and when it is idle.
 * Outcomes (``virk_labels_total{outcome}``): ``correct`` / ``incorrect`` (scored; these feed
-  ``virk_label_accuracy``), ``no_prediction`` (the frame is known but its call raised or its
+  ``virk_label_accuracy_ratio``), ``no_prediction`` (the frame is known but its call raised or its
   output gave no prediction), ``duplicate`` (the frame was labelled before: the first label
   counts), ``expired`` (the frame is older than the ledger keeps: ``source="unknown"``),
   ``unknown`` (an id this exporter never issued: ``source="unknown"``).
-* ``virk_label_accuracy{model, source}``: the fraction correct among the source's last
+* ``virk_label_accuracy_ratio{model, source}``: the fraction correct among the source's last
   ``label_window`` scored labels (in the order labels arrived). For accuracy over a time range
   use the counters: ``rate(virk_labels_total{outcome="correct"}[1h]) /
   rate(virk_labels_total{outcome=~"correct|incorrect"}[1h])``.

@@ -8,10 +8,15 @@ Exporters in one process never collide; ``/metrics`` merges both (see :func:`mer
 
 from __future__ import annotations
 
-from typing import Iterable
+import platform
+from importlib import metadata
+from typing import Collection, Iterable, Literal, Mapping
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
+
+from virk_exporter._version import __version__
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
@@ -22,6 +27,25 @@ DROP_REASONS = ("queue_full", "batch_too_large", "worker_down", "not_started")
 CALLER_STAGES = ("input", "caller", "handoff", "worker", "http", "tracing", "tags", "features", "labels")
 WORKER_STAGES = ("normalize", "record", "properties", "embed", "drift", "fingerprint", "reference", "reference_store", "control", "slices")
 BUNDLE_OUTCOMES = ("uploaded", "spooled", "failed", "duplicate", "resolved")
+
+# The image properties exported per source by default (``property_metrics="core"``). All 26
+# properties with their reference bands would be ~100 series per source; these eight cover the
+# usual capture faults (exposure, contrast, focus, sensor noise, colour, haze, a moved camera, a
+# frozen stream). The diagnosis always uses every property, whatever is exported.
+CORE_PROPERTIES = ("brightness", "contrast", "sharpness", "noise", "saturation", "haze", "shift_px", "frame_diff")
+PropertyMetrics = Literal["core", "all", "none"] | Collection[str]
+# The reference band of each exported property: its 5th, 50th and 95th percentile.
+REFERENCE_BANDS = (("p05", 0.05), ("p50", 0.5), ("p95", 0.95))
+
+
+def exported_properties(names: Iterable[str], choice: PropertyMetrics) -> list[str]:
+    """The property names ``choice`` exports out of ``names`` ("core", "all", "none" or a list)."""
+    if choice == "all":
+        return list(names)
+    if choice == "none":
+        return []
+    wanted = set(CORE_PROPERTIES if choice == "core" else choice)
+    return [name for name in names if name in wanted]
 
 
 def errors_counter(registry: CollectorRegistry) -> Counter:
@@ -57,7 +81,7 @@ class CallerMetrics:
             registry=registry,
         )
         self.label_accuracy = Gauge(
-            "virk_label_accuracy", "Fraction correct among the source's most recent scored labels.", ["model", "source"], registry=registry
+            "virk_label_accuracy_ratio", "Fraction correct among the source's most recent scored labels.", ["model", "source"], registry=registry
         )
 
     def start_at_zero(self, model: str) -> None:
@@ -99,10 +123,17 @@ class WorkerMetrics:
         self.image_property = Gauge(
             "virk_image_property", "Median of an image property over the latest window.", ["model", "source", "property"], registry=registry
         )
+        # A `band` label, not `quantile`: that label is reserved for summaries (promtool lints it).
         self.image_property_reference = Gauge(
             "virk_image_property_reference",
-            "An image property's reference distribution (quantile 0.05, 0.5, 0.95): the band dashboards draw.",
-            ["model", "source", "property", "quantile"],
+            "An image property's reference distribution (band p05, p50, p95): the band dashboards draw.",
+            ["model", "source", "property", "band"],
+            registry=registry,
+        )
+        self.build_info = Gauge(
+            "virk_build_info",
+            "Always 1: the exporter's version, Python, torch and the device the worker embeds on.",
+            ["version", "python", "torch", "device"],
             registry=registry,
         )
         self.bundles = Counter(
@@ -130,14 +161,44 @@ class WorkerMetrics:
         self.recorder_frames = Gauge("virk_recorder_frames", "Frames held by the flight recorder.", ["model"], registry=registry)
         self.recorder_bytes = Gauge("virk_recorder_bytes", "Compressed bytes held by the flight recorder.", ["model"], registry=registry)
 
-    def start_at_zero(self, model: str) -> None:
-        """Create every known label set at 0, so rate()/increase() see the first event."""
+    def start_at_zero(self, model: str, device: str | None = None) -> None:
+        """Create every known label set at 0, so rate()/increase() see the first event.
+
+        Also publishes ``virk_build_info`` with the torch device ``device`` resolves to (the
+        worker's: the caller's process never touches CUDA).
+        """
+        from virk_exporter.drift._torch import pick_device  # torch: the worker has it loaded
+
+        self.build_info.labels(__version__, platform.python_version(), _version_of("torch"), str(pick_device(device))).set(1)
         for stage in WORKER_STAGES:
             self.errors.labels(model, stage)
         for outcome in BUNDLE_OUTCOMES:
             self.bundles.labels(model, outcome)
         self.recorder_frames.labels(model)
         self.recorder_bytes.labels(model)
+
+    def publish_properties(self, model: str, source: str, window: Mapping[str, np.ndarray], choice: PropertyMetrics) -> None:
+        """``virk_image_property``: the window's median of each exported property."""
+        for name in exported_properties(window, choice):
+            finite = window[name][np.isfinite(window[name])]
+            if len(finite):
+                self.image_property.labels(model, source, name).set(float(np.median(finite)))
+
+    def publish_reference(self, model: str, source: str, reference: Mapping[str, np.ndarray], choice: PropertyMetrics) -> None:
+        """``virk_image_property_reference``: each exported property's reference band."""
+        for name in exported_properties(reference, choice):
+            values = np.asarray(reference[name], np.float64)
+            finite = values[np.isfinite(values)]
+            if len(finite):
+                for (band, _), value in zip(REFERENCE_BANDS, np.quantile(finite, [q for _, q in REFERENCE_BANDS])):
+                    self.image_property_reference.labels(model, source, name, band).set(float(value))
+
+
+def _version_of(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def merge_families(*sources: Iterable[Metric]) -> list[Metric]:

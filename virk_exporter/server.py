@@ -15,6 +15,8 @@ from socketserver import ThreadingMixIn
 from typing import Any, Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from virk_exporter.landing import landing_page
+
 
 MAX_BODY = 8 * 2**20  # hard cap on any request body; the webhook applies its own, smaller limit
 
@@ -76,6 +78,7 @@ def rebase(exporter: Any, request: Request) -> Response:
 
 ROUTES: list[tuple[str, str, bool, Callable[[Any, Request], Response]]] = [
     # (method, path, is prefix, handler)
+    ("GET", "/", False, landing_page),
     ("GET", "/metrics", False, metrics),
     ("GET", "/-/healthy", False, healthy),
     ("GET", "/-/ready", False, ready),
@@ -215,7 +218,7 @@ class ExporterServer:
         self._thread.join(timeout=5)
 
 
-def serve(exporter: Any, host: str = "127.0.0.1", port: int = 9400) -> ExporterServer:
+def serve(exporter: Any, host: str = "127.0.0.1", port: int = 10098) -> ExporterServer:
     try:
         httpd = make_server(host, port, make_wsgi_app(exporter), _ThreadingWSGIServer, handler_class=_QuietHandler)
     except OSError as problem:

@@ -1,9 +1,14 @@
-"""OpenTelemetry: a span per decorated call, and monitoring spans linked back to those calls.
+"""OpenTelemetry: the call's attributes on the caller's span, and monitoring spans linked back.
 
-Which tracer: the application's TracerProvider when it has set one; otherwise, when the
-standard ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`` variable is set, a provider of our own that
-exports OTLP/HTTP and honours the other ``OTEL_*`` variables (service name, sampler,
-headers); otherwise tracing is off and costs one attribute check per call.
+Which tracer: the ``tracer_provider`` given to the Exporter; else the application's global
+TracerProvider when it has set one; else, when the ``OTEL_*`` environment asks for traces
+(``OTEL_TRACES_EXPORTER``, or an ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT``), a provider of our own
+built with the OpenTelemetry SDK (the ``otlp`` extra); else tracing is off and costs one check per
+call. The package itself depends on the OpenTelemetry API only.
+
+Per call (:func:`call_span`): when the caller's current span is recording (a web framework's
+request span), the ``virk.*`` attributes go on it, which costs a few microseconds; otherwise, or
+with ``span_per_call=True``, the call gets a span of its own, a child of the current one.
 
 Monitoring happens in the worker process, which cannot use the application's provider. The
 worker describes its spans (:class:`SpanRecord`) and sends them back; the caller's hand-off
@@ -16,55 +21,117 @@ from __future__ import annotations
 import logging
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator
 
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 
+from virk_exporter._version import __version__
+
 log = logging.getLogger("virk_exporter")
 
 INSTRUMENTATION = "virk_exporter"
+DEFAULT_SERVICE_NAME = "virk-exporter"  # only when neither OTEL_SERVICE_NAME nor OTEL_RESOURCE_ATTRIBUTES names one
 _OWN_PROVIDER: Any = None  # at most one per process, shared by all Exporters
+_OWN_PROVIDER_TRIED = False  # built (or refused, with one log line) once per process
+_SPAN_FAILURE_LOGGED = False
 
 
-def resolve_tracer() -> trace.Tracer | None:
-    """The tracer monitoring should use now, or None when tracing is off."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, trace.ProxyTracerProvider) and type(provider).__name__ != "NoOpTracerProvider":
-        return provider.get_tracer(INSTRUMENTATION)
-    own = _own_provider()
-    return own.get_tracer(INSTRUMENTATION) if own is not None else None
+def resolve_tracer(provider: Any = None) -> trace.Tracer | None:
+    """The tracer monitoring should use now, or None when tracing is off. Never raises."""
+    try:
+        if provider is None:
+            provider = trace.get_tracer_provider()
+            if isinstance(provider, trace.ProxyTracerProvider) or type(provider).__name__ == "NoOpTracerProvider":
+                provider = _own_provider()
+        return None if provider is None else provider.get_tracer(INSTRUMENTATION, __version__)
+    except Exception as problem:  # noqa: BLE001 - tracing must never break predict
+        log.warning("virk-exporter: tracing is off: %s: %s", type(problem).__name__, problem)
+        return None
+
+
+def call_span(tracer: trace.Tracer, name: str, attributes: dict[str, Any], span_per_call: bool) -> ContextManager[Any]:
+    """What a decorated call records its attributes on (the context manager yields that span;
+    None when the tracing SDK fails here: the call itself must run all the same)."""
+    try:
+        if not span_per_call:
+            current = trace.get_current_span()
+            if current.is_recording():
+                # The caller's span is someone else's: only our own namespace goes on it.
+                current.set_attributes({k: v for k, v in attributes.items() if k.startswith("virk.")})
+                return nullcontext(current)
+        return tracer.start_as_current_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
+    except Exception as problem:  # noqa: BLE001 - never raised to the caller
+        global _SPAN_FAILURE_LOGGED
+        if not _SPAN_FAILURE_LOGGED:
+            _SPAN_FAILURE_LOGGED = True
+            log.warning("virk-exporter: a span could not be started (logged once): %s: %s", type(problem).__name__, problem)
+        return nullcontext(None)
 
 
 def _own_provider() -> Any:
-    """A provider from the OTEL_* environment, when an OTLP endpoint is configured there."""
-    global _OWN_PROVIDER
-    if _OWN_PROVIDER is not None:
+    """A provider from the OTEL_* environment, when it asks for traces and the SDK is installed."""
+    global _OWN_PROVIDER, _OWN_PROVIDER_TRIED
+    if _OWN_PROVIDER_TRIED:
         return _OWN_PROVIDER
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+    _OWN_PROVIDER_TRIED = True
+    env = os.environ
+    names = [n.strip().lower() for n in env.get("OTEL_TRACES_EXPORTER", "").split(",") if n.strip()]
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true" or "none" in names or not (names or endpoint):
         return None
-    if not (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ModuleNotFoundError:
+        log.warning("virk-exporter: the OTEL_* environment asks for traces, but the OpenTelemetry SDK is not installed "
+                    "(pip install 'virk-exporter[otlp]'): tracing is off")
         return None
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-    # Resource.create reads OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES; the provider reads
-    # OTEL_TRACES_SAMPLER(_ARG); the exporter reads the endpoint, headers and timeout.
-    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "virk-exporter")})
+    exporters = [e for e in (_span_exporter(name) for name in names or ["otlp"]) if e is not None]
+    if not exporters:
+        return None
+    # Resource.create reads OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME; the provider reads
+    # OTEL_TRACES_SAMPLER(_ARG); the OTLP exporter reads the endpoint, headers and timeout.
+    resource = Resource.create()
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": DEFAULT_SERVICE_NAME}))
     provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     _OWN_PROVIDER = provider
-    log.info("virk-exporter: exporting traces over OTLP/HTTP (from the OTEL_* environment)")
+    log.info("virk-exporter: exporting traces (%s) from the OTEL_* environment", ", ".join(names or ["otlp"]))
     return provider
 
 
-def force_flush(timeout_millis: int = 10000) -> None:
+def _span_exporter(name: str) -> Any:
+    """The span exporter OTEL_TRACES_EXPORTER names (otlp over HTTP or gRPC, console), or None."""
+    if name == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter()
+    if name != "otlp":
+        log.warning("virk-exporter: OTEL_TRACES_EXPORTER=%s is not supported here (otlp, console, none): ignored", name)
+        return None
+    env = os.environ
+    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+    try:
+        if protocol == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        else:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ModuleNotFoundError:
+        package = "opentelemetry-exporter-otlp-proto-grpc" if protocol == "grpc" else "virk-exporter[otlp]"
+        log.warning("virk-exporter: OTLP (%s) traces need %s installed: tracing is off", protocol, package)
+        return None
+    return OTLPSpanExporter()
+
+
+def force_flush(provider: Any = None, timeout_millis: int = 10000) -> None:
     """Export what the tracer provider in use holds (tests and shutdown)."""
-    provider = _OWN_PROVIDER or trace.get_tracer_provider()
+    provider = provider or _OWN_PROVIDER or trace.get_tracer_provider()
     flush = getattr(provider, "force_flush", None)
     if flush is not None:
         flush(timeout_millis)

@@ -46,7 +46,7 @@ class Worker:
         from virk_exporter.monitor import Monitor  # heavy imports after the fork-free start
 
         torch.set_num_threads(1)  # monitoring must not take the model's cores
-        self.metrics.start_at_zero(config.model)
+        self.metrics.start_at_zero(config.model, config.device)
         self.monitor = Monitor(config, self.metrics, reference_frames, self.send_span)
         self.arena.mark_ready()
         threading.Thread(target=self._serve_control, name="virk-control", daemon=True).start()

@@ -62,6 +62,7 @@ def show(file: str) -> None:
         ("drift tests", str(len(m.get("drift_timeline", [])))),
         ("traces", str(len({f["trace_id"] for f in m.get("frames", []) if f.get("trace_id")}))),
         ("files", str(len(b.files))),
+        ("report", f"report.html (open it: unzip -p {file} report.html > report.html)" if "report.html" in b.files else "none"),
     ]
     for source, diagnosis in sorted(m.get("diagnosis", {}).items()):
         rows.append((f"diagnosis[{source}]", str(diagnosis.get("top"))))

@@ -256,12 +256,7 @@ def build_bundle(alert: Alert, model: str, context: IncidentContext) -> tuple[by
     before = [f for f in context.frames if f.timestamp < onset]
     after = [f for f in context.frames if f.timestamp >= onset]
     files["report.html"] = render_report(
-        manifest,
-        before=[f.decode() for f in _spread(before)],
-        after=[f.decode() for f in _spread(after)],
-        reference=list(context.reference_frames),
-        properties_before=[f.properties for f in before],
-        properties_after=[f.properties for f in after],
+        manifest, before=_spread(before), after=_spread(after), reference=list(context.reference_frames), reference_file=context.reference_file
     )
     return _seal(files, manifest), manifest
 

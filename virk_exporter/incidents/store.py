@@ -159,9 +159,11 @@ class S3Store:
 
     @classmethod
     def from_env(cls, bucket: str, prefix: str = "", env: dict[str, str] | None = None) -> "S3Store":
-        import urllib3
-        from minio import Minio
-
+        try:
+            import urllib3  # minio's own dependency
+            from minio import Minio
+        except ModuleNotFoundError as problem:  # an optional extra: the base install stores locally
+            raise ValueError("an s3:// store needs the MinIO SDK: pip install 'virk-exporter[s3]'") from problem
         from minio.helpers import check_bucket_name
 
         check_bucket_name(bucket)  # a clear ValueError at start, not at the first incident

@@ -65,13 +65,15 @@ class Timestamp:
 
     def stamp(self) -> str:
         """A compact, path-safe, sortable form used in object keys: 20240101T120000.123456789Z."""
-        return f"{self.seconds:%Y%m%dT%H%M%S}.{self.nanos:09d}Z"
+        return f"{self.seconds.year:04d}{self.seconds:%m%dT%H%M%S}.{self.nanos:09d}Z"  # %Y drops year 1's zeros
 
     def unix(self) -> float:
         return self.seconds.timestamp() + self.nanos / 1e9
 
     def isoformat(self) -> str:
-        return f"{self.seconds:%Y-%m-%dT%H:%M:%S}.{self.nanos:09d}Z"
+        if self.zero:
+            return "0001-01-01T00:00:00Z"  # as Alertmanager writes "not set"
+        return f"{self.seconds.year:04d}-{self.seconds:%m-%dT%H:%M:%S}.{self.nanos:09d}Z"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,40 @@
+"""The exporter's landing page at ``/``: what this endpoint is and where its routes lead.
+
+Prometheus exporters conventionally answer ``/`` with a small page linking ``/metrics``; an
+on-call engineer who opens the exporter's address from a page lands here.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from virk_exporter._version import __version__
+
+PROJECT_URL = "https://github.com/virk-exporter/virk-exporter"
+
+
+def landing_page(exporter: Any, request: Any) -> Any:
+    """``GET /``: an HTML page naming the model and linking every route (relative links, so it
+    also works when the routes are mounted under a prefix such as ``/virk``)."""
+    from virk_exporter.server import Response
+
+    model = html.escape(exporter.model)
+    state = "ready" if exporter.ready else "monitoring worker starting"
+    body = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>virk-exporter: {model}</title>
+<style>body{{font:15px/1.5 system-ui,sans-serif;max-width:44em;margin:2em auto;padding:0 1em}}code{{background:#f2f2f2;padding:0 .2em}}</style>
+</head><body>
+<h1>virk-exporter {html.escape(__version__)}</h1>
+<p>Flight recorder for the vision model <b>{model}</b>: {html.escape(state)}.</p>
+<ul>
+<li><a href="metrics">metrics</a>: Prometheus metrics (OpenMetrics with exemplars when asked)</li>
+<li><a href="-/healthy">-/healthy</a> and <a href="-/ready">-/ready</a>: liveness and readiness</li>
+<li><code>POST api/v1/alerts</code>: Alertmanager's webhook; a drift alert freezes the flight recorder into an incident bundle</li>
+<li><code>incidents/&lt;alert fingerprint&gt;</code>: the incident bundle of an alert (the link in each page)</li>
+</ul>
+<p>Runbook for every alert: <a href="{PROJECT_URL}/blob/main/docs/runbook.md">docs/runbook.md</a>.
+Grafana dashboards and Prometheus rules: <code>virk-exporter stack export DIR</code>.</p>
+</body></html>
+"""
+    return Response(200, body.encode(), "text/html; charset=utf-8")
