@@ -59,6 +59,8 @@ MIN_ROTATION = 0.4  # degrees (the quadrant fit reads a 0.75 deg turn as ~0.5-0.
 MIN_LOCAL_LEVELS = 25.0  # gray levels a grid cell must move beyond the global gain/offset fit
 MIN_BRIGHTNESS_LEVELS = 8.0  # change of mean gray level for an exposure change
 MIN_CAST = 0.04  # change of log channel-spread ratio (about a 4% white-balance gain)
+MIN_SATURATION_LEVELS = 8.0  # rise of mean HSV saturation (0..255) for an over-saturated colour
+GLARE_ASYMMETRY = 2.0  # a glare region brightens at least this many times more than any darkens
 CAST_UNIT = 0.01  # colour-shift strength: log1p(change / CAST_UNIT)
 IMPULSE_UNIT = 0.0005  # impulse-noise strength: log1p(share of impulse pixels / IMPULSE_UNIT)
 FROZEN_FRACTION = 0.1  # share of exactly repeated frames that makes a feed frozen
@@ -152,7 +154,8 @@ def _camera_shift(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, 
 
 def _glare(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
     local = e.d("local_bright")
-    if local < max(MIN_LOCAL_LEVELS, 1.5 * abs(e.d("brightness")), e.d("local_dark")):
+    # A flare brightens one region and darkens none; fog and zoom blur move regions both ways.
+    if local < max(MIN_LOCAL_LEVELS, 1.5 * abs(e.d("brightness")), GLARE_ASYMMETRY * e.d("local_dark")):
         return 0.0, "", ()
     return e.s("local_bright") + 2.0, f"bright region +{local:.0f} levels", ("local_bright", "highlights", "brightness")
 
@@ -194,7 +197,10 @@ def _weather(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple
     # gain of exposure. Rain and snow: brighter, and different in every frame (falling
     # particles), which no exposure, glare or fog change does; noise also raises frame
     # differences but does not brighten the view.
-    fog = min(e.s("haze"), e.s("brightness")) - e.s("contrast")
+    # Fog's airlight brightens the view, lifts the dark channel and washes out colour or
+    # contrast (grey scenes have no colour to lose); an exposure change keeps both, a contrast
+    # reduction or a blur does not brighten.
+    fog = min(e.s("haze"), e.s("brightness"), max(e.s("saturation", -1), e.s("contrast", -1)))
     precipitation = min(e.s("frame_diff"), e.s("brightness"))
     specks = e.s("specks_bright")
     if precipitation > fog:
@@ -209,9 +215,14 @@ def _color_shift(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, t
     # The reference spread of a channel ratio is tiny, so the robust effect size is huge for
     # any change; the physical size of the change is the better strength.
     change = max(abs(e.d("cast_r")) * (e.a("cast_r") > 0), abs(e.d("cast_b")) * (e.a("cast_b") > 0))
-    if change < MIN_CAST:
+    cast = float(np.log1p(change / CAST_UNIT)) if change >= MIN_CAST else 0.0
+    # Over-saturated colour (a colour pipeline gone wrong): more saturation than any exposure,
+    # fog or contrast change brings (those lower it, or raise contrast with it).
+    # Colour noise raises saturation too: discount by the noise evidence.
+    vivid = e.s("saturation") - e.s("contrast") - e.s("noise") if e.d("saturation") >= MIN_SATURATION_LEVELS else 0.0
+    if cast == 0.0 and vivid <= 0.0:
         return 0.0, "", ()
-    return float(np.log1p(change / CAST_UNIT)), "white balance", ("cast_r", "cast_b", "saturation")
+    return max(cast, vivid), "white balance" if cast >= vivid else "saturation", ("cast_r", "cast_b", "saturation")
 
 
 def _brightness(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
