@@ -48,6 +48,14 @@ class ExporterConfig:
     peers: dict[str, str] = field(default_factory=dict)  # instance -> base URL, forwarding allow-list
     link_expiry_s: int = 3600
     bundle_frames: int = 128  # frames put into a bundle (newest, around the alert)
+    webhook_max_alerts: int = 1000  # alerts in one notification (Alertmanager's max_alerts caps it)
+    incident_queue: int = 64  # alerts accepted but not yet built; beyond it the webhook answers 503
+    # Standalone HTTP server (waitress): serve() only; a mounted app gets its host server's limits
+    http_backlog: int = 1024  # listen backlog (the kernel caps it at net.core.somaxconn)
+    http_threads: int = 8  # requests handled at once; the rest wait, already accepted
+    http_connection_limit: int = 512  # open connections; at the cap the longest-waiting ones close
+    http_idle_timeout_s: int = 30  # a connection with no bytes for this long is closed
+    http_request_timeout_s: float = 10.0  # a request must arrive whole within this (slow senders)
     # Worker
     log_level: int | None = None  # the worker's logging level (default: the caller's "virk_exporter" logger's)
     worker_start_timeout_s: float = 120.0
