@@ -58,7 +58,7 @@ def _post(path: str, body: bytes) -> bytes:
 
 
 def test_200_simultaneous_requests_are_all_answered(server_for):
-    exporter, server = server_for()
+    exporter, server = server_for(incident_queue=200)  # nothing builds here: room for all 100 alerts
     barrier = threading.Barrier(200)
     answers: dict[int, bytes | BaseException] = {}
 
@@ -148,3 +148,16 @@ def test_a_chunked_body_reaches_a_mounted_wsgi_app_without_content_length(tmp_pa
     statuses = []
     make_wsgi_app(exporter)(environ, lambda status, headers: statuses.append(status))
     assert statuses == ["202 Accepted"]
+
+
+def test_ready_says_what_is_not_ready(server_for):
+    exporter, server = server_for(incident_queue=1)
+    assert http_get(f"{server.url}/-/ready") == (200, b"ready\n")
+    exporter.ready = False
+    status, body = http_get(f"{server.url}/-/ready")
+    assert status == 503 and b"monitoring worker not running" in body
+    exporter.ready = True
+    assert http_get(f"{server.url}/api/v1/alerts")[0] == 405
+    _raw(server.port, _post("/api/v1/alerts", make_alert_payload(exporter.model)))
+    status, body = http_get(f"{server.url}/-/ready")
+    assert status == 503 and b"incident intake queue full (1 of 1" in body

@@ -54,9 +54,20 @@ def healthy(exporter: Any, request: Request) -> Response:
 
 
 def ready(exporter: Any, request: Request) -> Response:
-    if exporter.ready:
-        return Response(200, b"ready\n")
-    return Response(503, b"monitoring worker starting\n")
+    """200 "ready", or 503 with one line per thing that is not ready, so a probe's log says why."""
+    from virk_exporter.incidents.http import intake_journal
+
+    problems = []
+    if not exporter.ready:
+        problems.append("monitoring worker not running yet (starting, or restarting after it exited): "
+                        "frames are dropped and counted, accepted alerts wait in the intake journal")
+    waiting, cap = len(intake_journal(exporter)), exporter.config.incident_queue
+    if waiting >= cap:
+        problems.append(f"incident intake queue full ({waiting} of {cap} alerts waiting to be built): "
+                        "new alerts are answered 503 until bundles are built")
+    if problems:
+        return Response(503, "".join(f"not ready: {p}\n" for p in problems).encode())
+    return Response(200, b"ready\n")
 
 
 def alerts(exporter: Any, request: Request) -> Response:

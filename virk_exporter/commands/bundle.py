@@ -105,7 +105,7 @@ def replay(file: str, predict_spec: str | None, strict: bool) -> None:
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Where to write the zip.")
 def fetch(fingerprint: str, store_url: str, model: str | None, output: str | None) -> None:
     """Download the latest bundle of an alert from the store and verify it."""
-    if not FINGERPRINT_RE.match(fingerprint):
+    if not FINGERPRINT_RE.fullmatch(fingerprint):
         raise click.ClickException(f"invalid alert fingerprint {fingerprint!r} ([A-Za-z0-9_-] only)")
     try:
         store = open_store(store_url)

@@ -42,8 +42,13 @@ from typing import Callable, Literal, Protocol
 
 log = logging.getLogger("virk_exporter.incidents")
 
-_KEY_PART = re.compile(r"^[A-Za-z0-9._=+@:-]+$")
+_KEY_PART = re.compile(r"[A-Za-z0-9._=+@:-]+")  # fullmatch only: "$" accepts a final newline
 _TAG_VALUE_BAD = re.compile(r"[^A-Za-z0-9 +\-=._:/@]")
+
+
+def default_spool_dir() -> Path:
+    """Where bundles wait for S3 and accepted alerts for their build (``$VIRK_SPOOL_DIR`` overrides)."""
+    return Path(os.environ.get("VIRK_SPOOL_DIR", Path.home() / ".cache" / "virk-exporter" / "spool"))
 
 
 class StoreError(RuntimeError):
@@ -65,7 +70,7 @@ def check_key(key: str) -> str:
     """Keys are built from model names, alert fingerprints and timestamps; refuse anything that
     could escape the store's root or prefix (``..``, absolute paths, empty parts)."""
     parts = key.split("/")
-    if not key or key.startswith("/") or any(p in ("", ".", "..") or not _KEY_PART.match(p) for p in parts):
+    if not key or key.startswith("/") or any(p in ("", ".", "..") or not _KEY_PART.fullmatch(p) for p in parts):
         raise StoreError(f"invalid object key {key!r}")
     return key
 
@@ -99,8 +104,8 @@ class LocalStore:
     def put(self, key: str, data: bytes, tags: dict[str, str]) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path.with_name(path.name + ".tags.json"), json.dumps(tags, sort_keys=True).encode())
-        _atomic_write(path, data)  # last: the object appears complete or not at all
+        atomic_write(path.with_name(path.name + ".tags.json"), json.dumps(tags, sort_keys=True).encode())
+        atomic_write(path, data)  # last: the object appears complete or not at all
 
     def get(self, key: str) -> bytes:
         try:
@@ -133,11 +138,15 @@ class LocalStore:
         return self._path(key).as_uri()  # a local file needs no signature; expiry does not apply
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, fsync: bool = False) -> None:
+    """Write ``path`` whole or not at all; ``fsync`` for what must survive a power cut too."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -366,8 +375,8 @@ class SpoolingStore:
                     return "uploaded"
                 except StoreUnavailable as error:
                     log.warning("store unavailable, spooling %s: %s", key, error)
-            _atomic_write(data_path, data)
-            _atomic_write(meta_path, json.dumps({"key": key, "tags": tags, "spooled_at": time.time()}).encode())
+            atomic_write(data_path, data)
+            atomic_write(meta_path, json.dumps({"key": key, "tags": tags, "spooled_at": time.time()}).encode())
         self._wake.set()
         return "spooled"
 
