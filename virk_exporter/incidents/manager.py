@@ -70,7 +70,7 @@ class IncidentManager:
         self.on_built = on_built  # (alert, context, start in unix ns, outcome): e.g. to trace the build
         store = open_store(store)
         if isinstance(store, S3Store):  # only a remote store can be "down"; a local one is the disk
-            store = SpoolingStore(store, spool_dir or default_spool_dir() / store.bucket, on_uploaded=self._landed)
+            store = SpoolingStore(store, spool_dir or default_spool_dir() / store.bucket, on_uploaded=self._landed, on_failed=self._upload_failed)
         self.store: Store = store
         self._states: dict[tuple[str, str], _State] = {}
         self._pending_resolved: dict[tuple[str, str], Alert] = {}
@@ -267,6 +267,10 @@ class IncidentManager:
         timer = threading.Timer(delay, fire)
         timer.daemon = True
         timer.start()
+
+    def _upload_failed(self, key: str, error: StoreError) -> None:
+        """An upload attempt that did not reach S3 (the bundle is spooled, retried)."""
+        self.metrics.errors.labels(self.model, "store").inc()
 
     def _landed(self, key: str) -> None:
         """A spooled bundle reached S3."""

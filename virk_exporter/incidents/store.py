@@ -59,6 +59,30 @@ class StoreUnavailable(StoreError):
     """The store cannot be reached now (network, 5xx): worth spooling and retrying."""
 
 
+class StoreRefused(StoreError):
+    """The store answers but refuses the upload (credentials, permissions, bucket): a
+    configuration problem someone must fix. Uploads spool and retry meanwhile; ``fix`` says what to change."""
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(f"{message}: {fix}")
+        self.fix = fix
+
+
+# S3 error codes that mean "fix the configuration", and what to fix.
+_CREDENTIALS_FIX = ("check VIRK_S3_ACCESS_KEY and VIRK_S3_SECRET_KEY (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) "
+                    "of the exporter's environment against the S3 server's users")
+_REFUSALS = {
+    "InvalidAccessKeyId": _CREDENTIALS_FIX,
+    "SignatureDoesNotMatch": _CREDENTIALS_FIX,
+    # A HEAD request (bucket_exists) carries no error body: a wrong secret shows up as AccessDenied too.
+    "AccessDenied": _CREDENTIALS_FIX + ", and grant that user s3:PutObject, s3:PutObjectTagging, s3:GetObject and "
+                    "s3:ListBucket on bucket {bucket} (and s3:CreateBucket, or create the bucket yourself)",
+    "NoSuchBucket": "create bucket {bucket}, or let the exporter's S3 user create it (s3:CreateBucket)",
+    "AllAccessDisabled": "the account of bucket {bucket} is disabled: see its owner",
+    "InvalidBucketName": "bucket {bucket} is not a valid S3 bucket name: fix the store URL",
+}
+
+
 @dataclass(frozen=True)
 class StoredObject:
     key: str  # relative to the store's prefix
@@ -206,8 +230,10 @@ class S3Store:
         try:
             return fn(*args, **kwargs)
         except S3Error as error:
-            if error.code in ("NoSuchKey", "NoSuchBucket", "NoSuchTagSet"):
+            if error.code in ("NoSuchKey", "NoSuchTagSet") or (error.code == "NoSuchBucket" and what != "put_object"):
                 raise StoreError(f"{what}: {error.code} ({self.url})") from None
+            if error.code in _REFUSALS:
+                raise StoreRefused(f"{what} on {self.endpoint_url}: {error.code}", _REFUSALS[error.code].format(bucket=self.bucket)) from None
             raise StoreError(f"{what}: {error.code}: {error.message}") from None
         except ServerError as error:
             raise StoreUnavailable(f"{what}: server error {error.status_code}") from None
@@ -234,6 +260,13 @@ class S3Store:
         object_tags = Tags(for_object=True)
         for name, value in sorted(tags.items())[:10]:  # S3 allows 10 tags per object
             object_tags[name] = tag_value(value)
+        try:
+            self._put(key, data, object_tags)
+        except StoreRefused:
+            self._bucket_ready = False  # deleted meanwhile, or a fixed permission: look again next time
+            raise
+
+    def _put(self, key: str, data: bytes, object_tags) -> None:
         self._call(
             "put_object",
             self.client.put_object,
@@ -337,12 +370,14 @@ class SpoolingStore:
         spool_dir: str | Path,
         on_uploaded: Callable[[str], None] | None = None,
         backoff: tuple[float, float] = (0.5, 30.0),
+        on_failed: Callable[[str, StoreError], None] | None = None,
     ) -> None:
         self.inner = inner
         self.url = inner.url
         self.spool_dir = Path(spool_dir)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self.on_uploaded = on_uploaded
+        self.on_failed = on_failed  # each refused or unreachable upload attempt (a counter)
         self.backoff = backoff
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -375,6 +410,10 @@ class SpoolingStore:
                     return "uploaded"
                 except StoreUnavailable as error:
                     log.warning("store unavailable, spooling %s: %s", key, error)
+                    self._failed(key, error)
+                except StoreRefused as error:
+                    log.error("store refused %s, spooled and retried until fixed: %s", key, error)
+                    self._failed(key, error)
             atomic_write(data_path, data)
             atomic_write(meta_path, json.dumps({"key": key, "tags": tags, "spooled_at": time.time()}).encode())
         self._wake.set()
@@ -412,6 +451,10 @@ class SpoolingStore:
         if self.on_uploaded is not None:
             self.on_uploaded(meta["key"])
 
+    def _failed(self, key: str, error: StoreError) -> None:
+        if self.on_failed is not None:
+            self.on_failed(key, error)
+
     def _drain_loop(self) -> None:
         delay = self.backoff[0]
         while not self._stop.is_set():
@@ -423,8 +466,12 @@ class SpoolingStore:
                 for meta_path in sorted(self.spool_dir.glob("*.json")):
                     self._upload_one(meta_path)
                 delay = self.backoff[0]
-            except StoreUnavailable as error:
-                log.info("store still unavailable (retrying in %.1fs): %s", delay, error)
+            except (StoreUnavailable, StoreRefused) as error:
+                if isinstance(error, StoreRefused):
+                    log.error("spooled bundles cannot be uploaded (retrying in %.1fs): %s", delay, error)
+                else:
+                    log.info("store still unavailable (retrying in %.1fs): %s", delay, error)
+                self._failed("", error)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.backoff[1])
                 self._wake.set()
