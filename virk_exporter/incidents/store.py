@@ -335,20 +335,43 @@ def _endpoint(endpoint: str, secure: str | None) -> tuple[str, bool]:
     return parsed.netloc, secure.strip().lower() in ("1", "true", "yes")
 
 
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+PRESIGN_MAX_S = 7 * 24 * 3600  # S3 (SigV4) presigned links live at most 7 days
+
+
+def check_store_url(url: str | Path) -> None:
+    """Refuse a store URL that could only fail later, at the first incident (ValueError)."""
+    text = str(url)
+    if not text.strip():
+        raise ValueError("store must be s3://bucket/prefix, file:///dir or a directory path, got an empty string")
+    if text.startswith("s3://"):
+        parsed = urllib.parse.urlsplit(text)
+        bucket, prefix = parsed.netloc, parsed.path.strip("/")
+        if not bucket:
+            raise ValueError(f"store URL {text!r} names no bucket (s3://bucket/prefix)")
+        if (not _BUCKET_RE.fullmatch(bucket) or ".." in bucket or re.fullmatch(r"\d+\.\d+\.\d+\.\d+", bucket)
+                or bucket.startswith("xn--") or bucket.endswith("-s3alias")):
+            raise ValueError(f"store URL {text!r}: {bucket!r} is not a valid S3 bucket name (3-63 characters: "
+                             "lowercase letters, digits, '.' and '-', starting and ending with a letter or digit)")
+        if prefix and any(not _KEY_PART.fullmatch(part) or part in (".", "..") for part in prefix.split("/")):
+            raise ValueError(f"store URL {text!r}: the prefix may use only letters, digits and ._=+@:- between slashes")
+        if parsed.query or parsed.fragment:
+            raise ValueError(f"store URL {text!r}: no query or fragment (s3://bucket/prefix)")
+    elif "://" in text and not text.startswith("file://"):
+        raise ValueError(f"unsupported store URL {text!r} (use s3://bucket/prefix, file:///dir or a directory)")
+
+
 def open_store(url: str | Path | Store) -> Store:
     """A store from its URL: ``s3://bucket/prefix``, ``file:///dir`` or a plain directory path."""
     if not isinstance(url, (str, Path)):
         return url  # already a store
     text = str(url)
+    check_store_url(text)
     if text.startswith("s3://"):
         parsed = urllib.parse.urlsplit(text)
-        if not parsed.netloc:
-            raise ValueError(f"store URL {text!r} names no bucket (s3://bucket/prefix)")
         return S3Store.from_env(parsed.netloc, parsed.path.strip("/"))
     if text.startswith("file://"):
         return LocalStore(urllib.parse.unquote(urllib.parse.urlsplit(text).path))
-    if "://" in text:
-        raise ValueError(f"unsupported store URL {text!r} (use s3://bucket/prefix or a directory)")
     return LocalStore(text)
 
 
