@@ -83,7 +83,10 @@ def replay(file: str, predict_spec: str | None, strict: bool) -> None:
         predict = load_function(predict_spec) if predict_spec else None
     except (ImportError, AttributeError, ValueError) as error:
         raise click.ClickException(f"cannot load --predict {predict_spec}: {error}") from None
-    result = run_replay(b, predict)
+    try:
+        result = run_replay(b, predict)
+    except BundleError as error:
+        raise click.ClickException(str(error)) from None
     table = Table(title=f"replay of {b.alert['fingerprint']} ({b.manifest['model']})")
     for column in ("source", "what", "recorded", "replayed", "match"):
         table.add_column(column)
