@@ -140,3 +140,27 @@ def test_an_embedder_size_from_the_bundle_is_bounded(good):
     b.manifest["reference_file"] = None  # the bundled .virkref would name the real embedder
     notes = replay(b).notes
     assert any("outside 1..256" in n for n in notes), notes
+
+
+def test_a_zip_written_by_pythons_writestr_is_a_file_not_a_special_entry(good):
+    manifest, files = _parts(good)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:  # names as str: mode 0o600 and no file-type bits
+        for name, data in files.items():
+            z.writestr(name, data)
+    assert read_bundle(buffer.getvalue()).manifest["model"] == MODEL
+
+
+def test_verify_never_reads_an_entry_whole(good, tmp_path, monkeypatch):
+    """Entries over the whole-read limit are still hashed (streaming) by verify."""
+    import virk_exporter.incidents.bundle as bundle_module
+
+    monkeypatch.setattr(bundle_module, "MAX_READ_BYTES", 1 << 20)
+    monkeypatch.setattr(bundle_module, "MAX_IMAGE_BYTES", 1 << 20)
+    data = resealed(good, lambda m, f: f.update({"big.npz": b"\0" * (3 << 20)}))  # .npz: stored, not deflated
+    result = cli(tmp_path, "verify", data)
+    assert result.exit_code == 0 and result.output.startswith("OK"), result.output
+    at = data.index(b"big.npz") + (1 << 20)  # inside the entry's bytes, after its local header
+    corrupt = data[:at] + b"\1" * 4096 + data[at + 4096 :]
+    result = cli(tmp_path, "verify", corrupt)
+    assert result.exit_code != 0 and "Traceback" not in result.output, result.output

@@ -304,7 +304,7 @@ def _check_entry(info: zipfile.ZipInfo) -> None:
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         raise BundleError(f"refusing link {name!r} in the bundle")
-    if info.is_dir() or (mode and not stat.S_ISREG(mode)):
+    if info.is_dir() or (stat.S_IFMT(mode) and not stat.S_ISREG(mode)):  # no type bits (Python's writestr): a file
         raise BundleError(f"refusing non-file entry {name!r} in the bundle")
     if info.file_size > MAX_ENTRY_BYTES:
         raise BundleError(f"entry {name!r} is {info.file_size} bytes, over the {MAX_ENTRY_BYTES} limit")
@@ -325,6 +325,9 @@ class _Entries(Mapping[str, bytes]):
 
     def __len__(self) -> int:
         return len(self._infos)
+
+    def __contains__(self, name: object) -> bool:  # Mapping's default would read the entry
+        return name in self._infos
 
     def size(self, name: str) -> int:
         return self._infos[name].file_size
@@ -457,8 +460,12 @@ class Bundle:
         for name, digest in sorted(listed.items()):
             if name not in self.files:
                 found.append(f"{name}: listed in the manifest but missing")
-            elif self._digest(name) != digest:
-                found.append(f"{name}: sha256 mismatch")
+                continue
+            try:
+                if self._digest(name) != digest:
+                    found.append(f"{name}: sha256 mismatch")
+            except BundleError as error:  # CRC error, truncated entry: one more problem, not a crash
+                found.append(str(error))
         for name in sorted(set(self.files) - set(listed) - {"manifest.json", "manifest.sha256"}):
             found.append(f"{name}: not listed in the manifest")
         return found
