@@ -161,3 +161,19 @@ def test_ready_says_what_is_not_ready(server_for):
     _raw(server.port, _post("/api/v1/alerts", make_alert_payload(exporter.model)))
     status, body = http_get(f"{server.url}/-/ready")
     assert status == 503 and b"incident intake queue full (1 of 1" in body
+
+
+def test_connections_with_descriptor_numbers_past_1023_are_served(server_for):
+    """A busy process has many files open: select() would refuse descriptors >= 1024."""
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 1400:
+        pytest.skip("needs a descriptor limit above 1400")
+    filler = [socket.socket() for _ in range(1100)]
+    try:
+        _, server = server_for()
+        for _ in range(3):
+            assert http_get(f"{server.url}/metrics", timeout=5)[0] == 200
+    finally:
+        for sock in filler:
+            sock.close()

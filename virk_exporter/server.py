@@ -281,6 +281,7 @@ def serve(exporter: Any, host: str = "127.0.0.1", port: int = 9400) -> ExporterS
         connection_limit=config.http_connection_limit,
         channel_timeout=config.http_idle_timeout_s,
         cleanup_interval=1,  # how often idle and too-slow connections are looked at
+        asyncore_use_poll=True,  # select() fails outright once any descriptor number passes 1023
         max_request_body_size=MAX_BODY,
         ident="virk-exporter",
         expose_tracebacks=False,
