@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests import servers.py and he
 def _store_in_tmp(tmp_path, monkeypatch):
     """Bundles of tests that do not name a store land in the test's own directory."""
     monkeypatch.setenv("VIRK_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("VIRK_SPOOL_DIR", str(tmp_path / "virk-spool"))  # S3 spool and intake journal
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from servers import Server, _start, http_get, start_seaweedfs, wait_until
 
 from virk_exporter.incidents.bundle import build_bundle, bundle_key, read_bundle
+from virk_exporter.incidents.journal import Journal
 from virk_exporter.incidents.manager import IncidentManager
 from virk_exporter.incidents.store import (
     LocalStore,
@@ -130,3 +131,34 @@ def test_s3_down_during_an_incident_then_back(s3, tmp_path):
         assert not list(spool.glob("*"))
     finally:
         manager.close()
+
+
+def _spooling_manager(store, spool, registry):
+    return IncidentManager(MODEL, store, WorkerMetrics(registry), lambda a: context(n_frames=4), spool_dir=spool, journal=Journal(spool / "journal"))
+
+
+def test_s3_wrong_credentials_spool_the_bundle_count_and_name_the_fix(s3, tmp_path, caplog):
+    """The secret is wrong: the bundle is not lost after the 202 but spooled, every refused
+    attempt counted, the log says which variables to check; once fixed, it uploads."""
+    spool = tmp_path / "spool"
+    registry = CollectorRegistry()
+    manager = _spooling_manager(S3Store.from_env("virk-creds", "", env_for(s3, VIRK_S3_SECRET_KEY="wrong")), spool, registry)
+    manager.store.backoff = (0.2, 0.5)
+    try:
+        manager.handle(AlertNotification("virk", "firing", [alert()]))
+        assert manager.wait_idle(60)
+        assert registry.get_sample_value("virk_incident_bundles_total", {"model": MODEL, "outcome": "spooled"}) == 1
+        assert manager.store.pending() == [bundle_key(MODEL, alert())]
+        wait_until(lambda: registry.get_sample_value("virk_errors_total", {"model": MODEL, "stage": "store"}) >= 3,
+                   timeout=30, what="retries to be counted")
+        assert any("VIRK_S3_SECRET_KEY" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    finally:
+        manager.close()
+    registry = CollectorRegistry()  # the operator fixes the secret and restarts
+    fixed = _spooling_manager(S3Store.from_env("virk-creds", "", env_for(s3)), spool, registry)
+    try:
+        wait_until(lambda: not fixed.store.pending(), timeout=30, what="the spool to drain")
+        assert read_bundle(fixed.store.get(bundle_key(MODEL, alert()))).alert["fingerprint"] == alert().fingerprint
+    finally:
+        fixed.close()
+

@@ -151,6 +151,10 @@ class Analysis:
                 config.reference_frames,
                 ", kept in the store" if config.persist_reference else "",
             )
+        from virk_exporter.incidents.journal import Journal
+
+        if len(Journal.for_model(self.model)):  # alerts accepted before a crash: book them now
+            self._incident_manager()
 
     # ------------------------------------------------------------------ per batch
     def process(self, monitor: Any, rgb: np.ndarray, outputs: np.ndarray | None, recorded: list, meta: dict) -> None:
@@ -427,11 +431,14 @@ class Analysis:
         return {"sources": sources}
 
     def handle_alert(self, notification: Any) -> dict[str, str]:
+        return self._incident_manager().handle(notification)
+
+    def _incident_manager(self) -> Any:
         if self._incidents is None:
             from virk_exporter.incidents.manager import IncidentManager
 
             self._incidents = IncidentManager(self.model, self.config.store, self.metrics, self.incident_context, on_built=self._trace_bundle)
-        return self._incidents.handle(notification)
+        return self._incidents
 
     def incident_context(self, alert: Any) -> Any:
         """Freeze what the worker knows for one alert (called on a bundle-building thread)."""

@@ -56,6 +56,14 @@ class ExporterConfig:
     peers: dict[str, str] = field(default_factory=dict)  # instance -> base URL, forwarding allow-list
     link_expiry_s: int = 3600
     bundle_frames: int = 128  # frames put into a bundle (newest, around the alert)
+    webhook_max_alerts: int = 1000  # alerts in one notification (Alertmanager's max_alerts caps it)
+    incident_queue: int = 64  # alerts accepted but not yet built; beyond it the webhook answers 503
+    # Standalone HTTP server (waitress): serve() only; a mounted app gets its host server's limits
+    http_backlog: int = 1024  # listen backlog (the kernel caps it at net.core.somaxconn)
+    http_threads: int = 8  # requests handled at once; the rest wait, already accepted
+    http_connection_limit: int = 512  # open connections; at the cap the longest-waiting ones close
+    http_idle_timeout_s: int = 30  # a connection with no bytes for this long is closed
+    http_request_timeout_s: float = 10.0  # a request must arrive whole within this (slow senders)
     # Worker
     log_level: int | None = None  # the worker's logging level (default: the caller's "virk_exporter" logger's)
     worker_start_timeout_s: float = 120.0
@@ -67,11 +75,23 @@ class ExporterConfig:
         if self.color not in ("rgb", "bgr"):
             raise ValueError(f"color must be 'rgb' or 'bgr', got {self.color!r}")
         check_sample(self.sample)
-        for name in ("max_sources", "reference_frames", "window", "test_every", "queue_batches", "queue_bytes", "recorder_bytes"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
+        self._check_limits()
+        from virk_exporter.incidents.store import PRESIGN_MAX_S, check_store_url  # stdlib-only module
+
+        check_store_url(self.store)
+        if isinstance(self.link_expiry_s, bool) or not 1 <= self.link_expiry_s <= PRESIGN_MAX_S:
+            raise ValueError(f"link_expiry_s must lie in 1..{PRESIGN_MAX_S} seconds (S3 presigned links last 7 days at most), "
+                             f"got {self.link_expiry_s!r}")
         if not 0.0 < self.p_val < 1.0:
             raise ValueError("p_val must lie in (0, 1)")
+        for choice, allowed in (("record_format", ("jpeg", "png")), ("embedder", ("image", "outputs", "features"))):
+            if getattr(self, choice) not in allowed:
+                raise ValueError(f"{choice} must be one of {', '.join(map(repr, allowed))}, got {getattr(self, choice)!r}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must lie in 1..100, got {self.jpeg_quality!r}")
+        for instance, url in self.peers.items():
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ValueError(f"peers[{instance!r}] must be an http(s):// base URL, got {url!r}")
         check_reachable(self.p_val, self.n_permutations)
         if self.reference_period_s < 0:
             raise ValueError("reference_period_s must be >= 0 (0: the first reference_frames frames)")
@@ -79,6 +99,19 @@ class ExporterConfig:
             raise ValueError(f"reference_frames must be at least max(8, window) = {max(8, self.window)}")
         if self.window < 2 or self.hysteresis < 1:
             raise ValueError("window must be >= 2 and hysteresis >= 1")
+
+    _POSITIVE = ("max_sources", "reference_frames", "window", "test_every", "n_permutations", "hysteresis", "queue_batches",
+                 "queue_bytes", "recorder_bytes", "webhook_max_bytes", "bundle_frames", "webhook_max_alerts", "incident_queue",
+                 "http_backlog", "http_threads", "http_connection_limit", "http_idle_timeout_s", "http_request_timeout_s",
+                 "worker_start_timeout_s")
+
+    def _check_limits(self) -> None:
+        for name in self._POSITIVE:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if self.close_timeout_s < 0:
+            raise ValueError(f"close_timeout_s must be >= 0, got {self.close_timeout_s!r}")
 
     @property
     def calibration_samples(self) -> int:

@@ -24,9 +24,9 @@ BUNDLE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
 DROP_REASONS = ("queue_full", "batch_too_large", "worker_down", "not_started")
-CALLER_STAGES = ("input", "caller", "handoff", "worker", "http", "tracing", "tags", "features", "labels")
-WORKER_STAGES = ("normalize", "record", "properties", "embed", "drift", "fingerprint", "reference", "reference_store", "control", "slices")
-BUNDLE_OUTCOMES = ("uploaded", "spooled", "failed", "duplicate", "resolved")
+CALLER_STAGES = ("input", "caller", "handoff", "worker", "http", "tracing", "tags", "features", "labels", "webhook_limit", "incident_overflow")
+WORKER_STAGES = ("normalize", "record", "properties", "embed", "drift", "fingerprint", "reference", "control", "slices", "store", "reference_store")
+BUNDLE_OUTCOMES = ("uploaded", "spooled", "failed", "duplicate", "resolved", "coalesced")
 
 # The image properties exported per source by default (``property_metrics="core"``). All 26
 # properties with their reference bands would be ~100 series per source; these eight cover the

@@ -11,9 +11,12 @@ import errno
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
-from socketserver import ThreadingMixIn
+from http import HTTPStatus
 from typing import Any, Callable
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from waitress.adjustments import Adjustments
+from waitress.server import TcpWSGIServer
+from waitress.task import ThreadedTaskDispatcher
 
 from virk_exporter.landing import landing_page
 
@@ -53,9 +56,20 @@ def healthy(exporter: Any, request: Request) -> Response:
 
 
 def ready(exporter: Any, request: Request) -> Response:
-    if exporter.ready:
-        return Response(200, b"ready\n")
-    return Response(503, b"monitoring worker starting\n")
+    """200 "ready", or 503 with one line per thing that is not ready, so a probe's log says why."""
+    from virk_exporter.incidents.http import intake_journal
+
+    problems = []
+    if not exporter.ready:
+        problems.append("monitoring worker not running yet (starting, or restarting after it exited): "
+                        "frames are dropped and counted, accepted alerts wait in the intake journal")
+    waiting, cap = len(intake_journal(exporter)), exporter.config.incident_queue
+    if waiting >= cap:
+        problems.append(f"incident intake queue full ({waiting} of {cap} alerts waiting to be built): "
+                        "new alerts are answered 503 until bundles are built")
+    if problems:
+        return Response(503, "".join(f"not ready: {p}\n" for p in problems).encode())
+    return Response(200, b"ready\n")
 
 
 def alerts(exporter: Any, request: Request) -> Response:
@@ -108,18 +122,13 @@ def dispatch(exporter: Any, request: Request) -> Response:
 def make_wsgi_app(exporter: Any) -> Callable:
     def app(environ: dict, start_response: Callable) -> list[bytes]:
         try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = -1
-        if length < 0:
-            return _wsgi_reply(start_response, Response(400, b"bad Content-Length\n"))
-        if length > MAX_BODY:
-            return _wsgi_reply(start_response, Response(413, b"request body too large\n"))
-        body = environ["wsgi.input"].read(length) if length else b""
+            body = _wsgi_body(environ)
+        except _BodyError as error:
+            return _wsgi_reply(start_response, error.response)
         headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
         if environ.get("CONTENT_TYPE"):
             headers["content-type"] = environ["CONTENT_TYPE"]
-        headers["content-length"] = str(length)
+        headers["content-length"] = str(len(body))
         request = Request(
             method=environ["REQUEST_METHOD"],
             path=environ.get("PATH_INFO", "/") or "/",
@@ -136,16 +145,37 @@ def make_wsgi_app(exporter: Any) -> Callable:
     return app
 
 
+class _BodyError(Exception):
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+def _wsgi_body(environ: dict) -> bytes:
+    """The request body, at most MAX_BODY bytes. A chunked body (no Content-Length; gunicorn
+    and uvicorn's WSGI shims pass it through as a stream) is read up to the limit."""
+    declared = environ.get("CONTENT_LENGTH") or ""
+    stream = environ["wsgi.input"]
+    if not declared:
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower() or environ.get("wsgi.input_terminated")
+        if not chunked:
+            return b""
+        body = stream.read(MAX_BODY + 1)
+        if len(body) > MAX_BODY:
+            raise _BodyError(Response(413, b"request body too large\n"))
+        return body
+    if not declared.isdigit():
+        raise _BodyError(Response(400, b"bad Content-Length\n"))
+    length = int(declared)
+    if length > MAX_BODY:
+        raise _BodyError(Response(413, b"request body too large\n"))
+    return stream.read(length) if length else b""
+
+
 def _wsgi_reply(start_response: Callable, response: Response) -> list[bytes]:
-    reason = _REASONS.get(response.status, "")
+    reason = HTTPStatus(response.status).phrase
     headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body))), *response.headers.items()]
     start_response(f"{response.status} {reason}", headers)
     return [response.body]
-
-
-_REASONS = {200: "OK", 202: "Accepted", 302: "Found", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large", 422: "Unprocessable Entity", 500: "Internal Server Error",
-            502: "Bad Gateway", 503: "Service Unavailable"}
 
 
 # ---------------------------------------------------------------------- ASGI
@@ -190,42 +220,99 @@ async def _asgi_reply(send: Callable, response: Response) -> None:
 
 
 # ---------------------------------------------------------------------- standalone
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class _GuardedServer(TcpWSGIServer):
+    """waitress, plus two defences it lacks: a deadline for a whole request to arrive (a slow
+    sender trickling a byte now and then is never "idle"), and room for a scrape when the
+    connection cap is reached (the longest-open connections without a request running are
+    closed instead of refusing everyone new)."""
 
+    def __init__(self, *args: Any, request_timeout: float, **kwargs: Any) -> None:
+        self.request_timeout = request_timeout
+        self._partial: dict[Any, tuple[Any, float]] = {}  # channel -> (its partial request, first seen)
+        super().__init__(*args, **kwargs)
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args: Any) -> None:  # scrapes every few seconds would flood the log
-        pass
+    def maintenance(self, now: float) -> None:
+        super().maintenance(now)
+        partial: dict[Any, tuple[Any, float]] = {}
+        for channel in list(self.active_channels.values()):
+            request = channel.request  # the request still being received, None between requests
+            if request is None or channel.requests:
+                continue
+            seen_request, since = self._partial.get(channel, (None, now))
+            since = since if seen_request is request else now
+            if now - since > self.request_timeout:
+                channel.will_close = True
+            else:
+                partial[channel] = (request, since)
+        self._partial = partial
+
+    def readable(self) -> bool:
+        if self.accepting and len(self._map) >= self.adj.connection_limit:
+            self._evict(max(1, self.adj.connection_limit // 10))
+        return super().readable()
+
+    def _evict(self, count: int) -> None:
+        waiting = [c for c in self.active_channels.values() if not c.requests and not c.will_close]
+        for channel in sorted(waiting, key=lambda c: c.creation_time)[:count]:
+            channel.will_close = True
 
 
 class ExporterServer:
     """A running standalone server; ``shutdown()`` stops it."""
 
-    def __init__(self, httpd: WSGIServer, thread: threading.Thread) -> None:
-        self._httpd = httpd
+    def __init__(self, server: _GuardedServer, thread: threading.Thread) -> None:
+        self._server = server
         self._thread = thread
-        self.host, self.port = httpd.server_address[:2]
+        self.host, self.port = server.effective_host, int(server.effective_port)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def shutdown(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        def close_all() -> None:  # on the server's own thread: its loop ends once the map is empty
+            for dispatcher in list(self._server._map.values()):
+                dispatcher.close()
+
+        self._server.trigger.pull_trigger(close_all)
         self._thread.join(timeout=5)
+        self._server.task_dispatcher.shutdown(timeout=5)
 
 
 def serve(exporter: Any, host: str = "127.0.0.1", port: int = 10098) -> ExporterServer:
+    """Serve the routes with waitress on a thread; limits come from ``exporter.config``."""
+    config = exporter.config
+    adjustments = Adjustments(
+        host=host,
+        port=port,
+        backlog=config.http_backlog,
+        threads=config.http_threads,
+        connection_limit=config.http_connection_limit,
+        channel_timeout=config.http_idle_timeout_s,
+        cleanup_interval=1,  # how often idle and too-slow connections are looked at
+        asyncore_use_poll=True,  # select() fails outright once any descriptor number passes 1023
+        max_request_body_size=MAX_BODY,
+        ident="virk-exporter",
+        expose_tracebacks=False,
+    )
+    dispatcher = ThreadedTaskDispatcher()
+    dispatcher.set_thread_count(adjustments.threads)
     try:
-        httpd = make_server(host, port, make_wsgi_app(exporter), _ThreadingWSGIServer, handler_class=_QuietHandler)
+        server = _GuardedServer(
+            make_wsgi_app(exporter),
+            {},
+            dispatcher=dispatcher,
+            adj=adjustments,
+            sockinfo=adjustments.listen[0],
+            request_timeout=config.http_request_timeout_s,
+        )
     except OSError as problem:
+        dispatcher.shutdown(timeout=1)
         if problem.errno == errno.EADDRINUSE:
             raise PortInUseError(problem.errno, f"cannot serve on {host}:{port}: the port is already in use "
                                  "(pick another with serve(port=...) or --port)") from problem
         raise
-    thread = threading.Thread(target=httpd.serve_forever, name="virk-http", daemon=True)
+    thread = threading.Thread(target=server.run, name="virk-http", daemon=True)
     thread.start()
-    return ExporterServer(httpd, thread)
+    return ExporterServer(server, thread)

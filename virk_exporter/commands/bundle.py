@@ -84,7 +84,10 @@ def replay(file: str, predict_spec: str | None, strict: bool) -> None:
         predict = load_function(predict_spec) if predict_spec else None
     except (ImportError, AttributeError, ValueError) as error:
         raise click.ClickException(f"cannot load --predict {predict_spec}: {error}") from None
-    result = run_replay(b, predict)
+    try:
+        result = run_replay(b, predict)
+    except BundleError as error:
+        raise click.ClickException(str(error)) from None
     table = Table(title=f"replay of {b.alert['fingerprint']} ({b.manifest['model']})")
     for column in ("source", "what", "recorded", "replayed", "match"):
         table.add_column(column)
@@ -106,7 +109,7 @@ def replay(file: str, predict_spec: str | None, strict: bool) -> None:
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Where to write the zip.")
 def fetch(fingerprint: str, store_url: str, model: str | None, output: str | None) -> None:
     """Download the latest bundle of an alert from the store and verify it."""
-    if not FINGERPRINT_RE.match(fingerprint):
+    if not FINGERPRINT_RE.fullmatch(fingerprint):
         raise click.ClickException(f"invalid alert fingerprint {fingerprint!r} ([A-Za-z0-9_-] only)")
     try:
         store = open_store(store_url)

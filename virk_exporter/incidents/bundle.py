@@ -30,6 +30,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from importlib import metadata
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -277,6 +278,15 @@ def _seal(files: dict[str, bytes], manifest: dict[str, Any]) -> bytes:
 
 
 # --- reading -----------------------------------------------------------------------------------
+# A bundle may come from anywhere (a ticket, a colleague): nothing read from it may cost
+# unbounded memory. Hashes stream; an entry is read whole only when it is used, within a limit
+# by kind; images are measured from their headers before they are decoded.
+MAX_MANIFEST_BYTES = 64 << 20
+MAX_READ_BYTES = 128 << 20  # any entry read whole (embeddings.npz, the .virkref, report.html)
+MAX_IMAGE_BYTES = 32 << 20  # one encoded frame or reference sample
+MAX_IMAGE_PIXELS = 4096 * 4096  # one decoded frame
+MAX_DECODED_BYTES = 384 << 20  # all frames decoded together (replay stacks a source's frames)
+_CHUNK = 1 << 20
 
 
 def _check_entry(info: zipfile.ZipInfo) -> None:
@@ -289,29 +299,168 @@ def _check_entry(info: zipfile.ZipInfo) -> None:
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         raise BundleError(f"refusing link {name!r} in the bundle")
-    if info.is_dir() or (mode and not stat.S_ISREG(mode)):
+    if info.is_dir() or (stat.S_IFMT(mode) and not stat.S_ISREG(mode)):  # no type bits (Python's writestr): a file
         raise BundleError(f"refusing non-file entry {name!r} in the bundle")
     if info.file_size > MAX_ENTRY_BYTES:
         raise BundleError(f"entry {name!r} is {info.file_size} bytes, over the {MAX_ENTRY_BYTES} limit")
 
 
+class _Entries(Mapping[str, bytes]):
+    """The zip's entries by name; an entry is read when asked for, never all at once."""
+
+    def __init__(self, archive: zipfile.ZipFile) -> None:
+        self._archive = archive
+        self._infos = {i.filename: i for i in archive.infolist()}
+
+    def __getitem__(self, name: str) -> bytes:
+        return self.read(name, MAX_READ_BYTES)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._infos)
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    def __contains__(self, name: object) -> bool:  # Mapping's default would read the entry
+        return name in self._infos
+
+    def size(self, name: str) -> int:
+        return self._infos[name].file_size
+
+    def chunks(self, name: str) -> Iterator[bytes]:
+        """The entry in 1 MiB pieces; refuses CRC errors and sizes that differ from the header."""
+        info = self._infos[name]
+        seen = 0
+        try:
+            with self._archive.open(info) as handle:
+                while chunk := handle.read(min(_CHUNK, info.file_size + 1 - seen)):
+                    seen += len(chunk)
+                    if seen > info.file_size:  # a lying header cannot inflate unbounded
+                        break
+                    yield chunk
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError) as error:
+            raise BundleError(f"{name}: unreadable: {error}") from None
+        if seen != info.file_size:
+            raise BundleError(f"{name}: size does not match its header")
+
+    def read(self, name: str, limit: int) -> bytes:
+        if name not in self._infos:
+            raise KeyError(name)
+        if self._infos[name].file_size > limit:
+            raise BundleError(f"{name}: {self._infos[name].file_size} bytes, over the {limit} bytes this reader accepts for it")
+        return b"".join(self.chunks(name))
+
+    def digest(self, name: str) -> str:
+        hasher = hashlib.sha256()
+        for chunk in self.chunks(name):
+            hasher.update(chunk)
+        return hasher.hexdigest()
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG or JPEG header, without decoding; None if neither."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] != b"\xff\xd8":
+        return None
+    at = 2
+    while at + 9 <= len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+            at += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+            return int.from_bytes(data[at + 7 : at + 9], "big"), int.from_bytes(data[at + 5 : at + 7], "big")
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    return None
+
+
+def _check_pixels(path: str, size: tuple[int, int]) -> None:
+    if size[0] * size[1] > MAX_IMAGE_PIXELS or 0 in size:
+        raise BundleError(f"{path}: {size[0]}x{size[1]} pixels, over the {MAX_IMAGE_PIXELS} pixel limit for a frame")
+
+
+def _decode(path: str, data: bytes) -> np.ndarray:
+    size = image_size(data)
+    if size is None:
+        raise BundleError(f"{path}: not a PNG or JPEG image")
+    _check_pixels(path, size)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise BundleError(f"{path}: does not decode as an image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise BundleError(f"manifest: {where} must be {names}, got {type(value).__name__}")
+    return value
+
+
+def check_manifest(manifest: Any) -> dict[str, Any]:
+    """The manifest's shape, as the readers (verify, show, replay) rely on it."""
+    _expect(manifest, dict, "the manifest")
+    if manifest.get("schema") != SCHEMA:
+        raise BundleError(f"manifest schema is not {SCHEMA!r}")
+    _expect(manifest.get("model"), str, "'model'")
+    alert = _expect(manifest.get("alert"), dict, "'alert'")
+    for name in ("fingerprint", "startsAt"):
+        _expect(alert.get(name), str, f"'alert.{name}'")
+    labels = _expect(alert.get("labels", {}), dict, "'alert.labels'")
+    for key, value in labels.items():
+        _expect(value, str, f"'alert.labels.{key}'")
+    files = _expect(manifest.get("files", {}), dict, "'files'")
+    for name, digest in files.items():
+        _expect(digest, str, f"'files.{name}'")
+    for i, entry in enumerate(_expect(manifest.get("frames", []), list, "'frames'")):
+        _expect(entry, dict, f"'frames[{i}]'")
+        _expect(entry.get("path"), str, f"'frames[{i}].path'")
+        _expect(entry.get("source", ""), str, f"'frames[{i}].source'")
+        _expect(entry.get("properties") or {}, dict, f"'frames[{i}].properties'")
+    for i, path in enumerate(_expect(manifest.get("reference", []), list, "'reference'")):
+        _expect(path, str, f"'reference[{i}]'")
+    _expect(manifest.get("reference_file") or "", str, "'reference_file'")
+    _expect(manifest.get("resolved") or {}, dict, "'resolved'")
+    for i, point in enumerate(_expect(manifest.get("drift_timeline", []), list, "'drift_timeline'")):
+        _expect(point, dict, f"'drift_timeline[{i}]'")
+    for source, diagnosis in _expect(manifest.get("diagnosis", {}), dict, "'diagnosis'").items():
+        _expect(diagnosis, dict, f"'diagnosis.{source}'")
+    _expect(manifest.get("config", {}), dict, "'config'")
+    for i, source in enumerate(_expect(manifest.get("sources", []), list, "'sources'")):
+        _expect(source, str, f"'sources[{i}]'")
+    return manifest
+
+
 @dataclass
 class Bundle:
     manifest: dict[str, Any]
-    files: dict[str, bytes]
+    files: Mapping[str, bytes]  # entries read on access (an _Entries for a read bundle)
+
+    def _digest(self, name: str) -> str:
+        if isinstance(self.files, _Entries):
+            return self.files.digest(name)
+        return sha256(self.files[name])
 
     def problems(self) -> list[str]:
-        """Every hash mismatch, missing or unlisted file (empty: the bundle verifies)."""
+        """Every hash mismatch, missing or unlisted file (empty: the bundle verifies). Hashes
+        are computed streaming: a huge entry costs time, not memory."""
         found: list[str] = []
-        expected = self.files.get("manifest.sha256", b"").decode(errors="replace").strip()
-        if expected != sha256(self.files["manifest.json"]):
+        expected = self.files.get("manifest.sha256", b"")[:200].decode(errors="replace").strip()
+        if expected != self._digest("manifest.json"):
             found.append("manifest.json: sha256 does not match manifest.sha256")
         listed: dict[str, str] = self.manifest.get("files", {})
         for name, digest in sorted(listed.items()):
             if name not in self.files:
                 found.append(f"{name}: listed in the manifest but missing")
-            elif sha256(self.files[name]) != digest:
-                found.append(f"{name}: sha256 mismatch")
+                continue
+            try:
+                if self._digest(name) != digest:
+                    found.append(f"{name}: sha256 mismatch")
+            except BundleError as error:  # CRC error, truncated entry: one more problem, not a crash
+                found.append(str(error))
         for name in sorted(set(self.files) - set(listed) - {"manifest.json", "manifest.sha256"}):
             found.append(f"{name}: not listed in the manifest")
         return found
@@ -325,28 +474,44 @@ class Bundle:
     def alert(self) -> dict[str, Any]:
         return self.manifest["alert"]
 
+    def _image(self, path: str) -> bytes:
+        if isinstance(self.files, _Entries):
+            return self.files.read(path, MAX_IMAGE_BYTES)
+        return self.files[path]
+
+    def _decode_all(self, paths: list[str]) -> list[np.ndarray]:
+        """Decoded images, within MAX_DECODED_BYTES together (sizes come from the headers first)."""
+        total = 0
+        for path in paths:
+            size = image_size(self._image(path)[:65536])
+            if size is not None:
+                _check_pixels(path, size)
+                total += size[0] * size[1] * 3
+        if total > MAX_DECODED_BYTES:
+            raise BundleError(f"{len(paths)} images decode to {total} bytes, over the {MAX_DECODED_BYTES} byte limit")
+        return [_decode(path, self._image(path)) for path in paths]
+
     def frames(self) -> list[tuple[dict[str, Any], np.ndarray]]:
         """(manifest entry, uint8 RGB frame) per recorded frame, oldest first."""
-        out = []
-        for entry in self.manifest.get("frames", []):
-            bgr = cv2.imdecode(np.frombuffer(self.files[entry["path"]], np.uint8), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise BundleError(f"{entry['path']}: does not decode as an image")
-            out.append((entry, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
-        return out
+        entries = self.manifest.get("frames", [])
+        return list(zip(entries, self._decode_all([e["path"] for e in entries])))
 
     def reference_frames(self) -> list[np.ndarray]:
-        frames = []
-        for path in self.manifest.get("reference", []):
-            bgr = cv2.imdecode(np.frombuffer(self.files[path], np.uint8), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise BundleError(f"{path}: does not decode as an image")
-            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-        return frames
+        return self._decode_all(self.manifest.get("reference", []))
 
     def embeddings(self) -> dict[str, np.ndarray]:
-        with np.load(io.BytesIO(self.files["embeddings.npz"]), allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
+        try:
+            blob = io.BytesIO(self.files["embeddings.npz"])
+        except KeyError:
+            return {}
+        try:
+            with zipfile.ZipFile(blob) as inner:  # an npz is a zip: its arrays may inflate too
+                if sum(i.file_size for i in inner.infolist()) > MAX_READ_BYTES:
+                    raise BundleError(f"embeddings.npz expands past {MAX_READ_BYTES} bytes")
+            with np.load(blob, allow_pickle=False) as data:
+                return {name: data[name] for name in data.files}
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
+            raise BundleError(f"embeddings.npz: unreadable: {error}") from None
 
     def reference_file(self) -> bytes | None:
         path = self.manifest.get("reference_file")
@@ -354,48 +519,38 @@ class Bundle:
 
 
 def read_bundle(source: bytes | str | Path, verify: bool = True) -> Bundle:
-    """Read a bundle into memory, refusing unsafe entries; verify hashes unless told not to."""
-    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    """Open a bundle, refusing unsafe entries and malformed manifests; verify hashes unless told not to."""
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as error:
+        archive = zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else Path(source))
+    except (zipfile.BadZipFile, ValueError) as error:
         raise BundleError(f"not a zip file: {error}") from None
-    with archive:
-        infos = archive.infolist()
-        if len(infos) > MAX_ENTRIES:
-            raise BundleError(f"{len(infos)} entries, over the {MAX_ENTRIES} limit")
-        names = [i.filename for i in infos]
-        if len(set(names)) != len(names):
-            raise BundleError("duplicate entry names in the bundle")
-        for info in infos:
-            _check_entry(info)
-        if sum(i.file_size for i in infos) > MAX_TOTAL_BYTES:
-            raise BundleError(f"bundle expands past {MAX_TOTAL_BYTES} bytes")
-        files = {}
-        for info in infos:
-            try:
-                with archive.open(info) as handle:
-                    # read one byte past the declared size: a lying header cannot inflate unbounded
-                    blob = handle.read(info.file_size + 1)
-            except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as error:  # CRC, zlib, truncation
-                raise BundleError(f"{info.filename}: unreadable: {error}") from None
-            if len(blob) != info.file_size:
-                raise BundleError(f"{info.filename}: size does not match its header")
-            files[info.filename] = blob
+    except OSError as error:
+        raise BundleError(f"cannot read {source}: {error}") from None
+    infos = archive.infolist()
+    if len(infos) > MAX_ENTRIES:
+        raise BundleError(f"{len(infos)} entries, over the {MAX_ENTRIES} limit")
+    names = [i.filename for i in infos]
+    if len(set(names)) != len(names):
+        raise BundleError("duplicate entry names in the bundle")
+    for info in infos:
+        _check_entry(info)
+    if sum(i.file_size for i in infos) > MAX_TOTAL_BYTES:
+        raise BundleError(f"bundle expands past {MAX_TOTAL_BYTES} bytes")
+    files = _Entries(archive)
     if "manifest.json" not in files:
         raise BundleError("no manifest.json in the bundle")
     try:
-        manifest = json.loads(files["manifest.json"])
+        manifest = json.loads(files.read("manifest.json", MAX_MANIFEST_BYTES))
+    except RecursionError:
+        raise BundleError("manifest.json is nested too deeply to be a manifest") from None
     except ValueError as error:
         raise BundleError(f"manifest.json is not valid JSON: {error}") from None
-    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
-        raise BundleError(f"manifest schema is not {SCHEMA!r}")
-    bundle = Bundle(manifest, files)
+    bundle = Bundle(check_manifest(manifest), files)
     if verify:
         bundle.verify()
     for entry in manifest.get("frames", []) + [{"path": p} for p in manifest.get("reference", [])]:
-        if entry.get("path") not in files:
-            raise BundleError(f"manifest names {entry.get('path')!r}, which the bundle lacks")
+        if entry["path"] not in files:
+            raise BundleError(f"manifest names {entry['path']!r}, which the bundle lacks")
     return bundle
 
 

@@ -1,8 +1,10 @@
 """HTTP handlers for the incident routes (the server in ``virk_exporter/server.py`` routes here).
 
-* ``POST /api/v1/alerts``: the Alertmanager webhook. Checks size (413), credentials (401) and
-  the payload (400), forwards other replicas' alerts to allow-listed peers, hands this
-  replica's alerts to the monitoring worker and answers at once (202).
+* ``POST /api/v1/alerts``: the Alertmanager webhook. Checks size and alert count (413),
+  credentials (401) and the payload (400), forwards other replicas' alerts to allow-listed
+  peers, journals this replica's alerts (``journal.py``), hands them to the monitoring worker
+  and answers at once (202). A full intake queue answers 503 with Retry-After for what did
+  not fit, so Alertmanager retries; nothing accepted is lost if the worker dies.
 * ``GET /incidents/<alert fingerprint>``: that alert's bundles; redirects (302) to a short-lived
   link of the latest. ``?format=json`` lists without redirecting.
   ``GET /incidents/<fingerprint>/<startsAt stamp>``: one bundle (a presigned redirect for S3,
@@ -26,8 +28,11 @@ from typing import Any
 
 from virk_exporter.incidents.bundle import alert_prefix
 from virk_exporter.incidents.store import LocalStore, Store, StoreError, StoreUnavailable, open_store
+from virk_exporter.incidents.journal import Journal
 from virk_exporter.incidents.webhook import (
     FINGERPRINT_RE,
+    Alert,
+    AlertNotification,
     FORWARDED_HEADER,
     WebhookError,
     auth_configured,
@@ -40,8 +45,9 @@ from virk_exporter.incidents.webhook import (
 )
 from virk_exporter.server import Request, Response
 
-_STAMP_RE = re.compile(r"^\d{8}T\d{6}\.\d{9}Z$")
+_STAMP_RE = re.compile(r"\d{8}T\d{6}\.\d{9}Z")  # fullmatch only
 _store_lock = threading.Lock()
+_journals: dict[str, Journal] = {}
 
 
 def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
@@ -58,14 +64,25 @@ def _credentials(exporter: Any) -> tuple[str | None, tuple[str, str] | None]:
     return exporter.config.webhook_token, tuple(basic) if basic else None  # type: ignore[return-value]
 
 
+def intake_journal(exporter: Any) -> Journal:
+    """The exporter's intake journal (shared with its worker through the spool directory)."""
+    with _store_lock:
+        journal = _journals.get(exporter.model)
+        if journal is None or journal.directory != Journal.for_model(exporter.model).directory:
+            journal = _journals[exporter.model] = Journal.for_model(exporter.model)
+        return journal
+
+
 def handle_alerts(exporter: Any, request: Request) -> Response:
     config = exporter.config
     token, basic = _credentials(exporter)
     try:
         check_size(request.headers, request.body, config.webhook_max_bytes)
         check_credentials(request.headers, token, basic)
-        notification = parse_notification(request.body)
+        notification = parse_notification(request.body, config.webhook_max_alerts)
     except WebhookError as error:
+        if error.status == 413:
+            exporter.metrics.errors.labels(exporter.model, "webhook_limit").inc()
         return _error(error)
     routing = route(
         notification, exporter.model, config.instance, config.peers, forwarded=FORWARDED_HEADER in request.headers
@@ -74,23 +91,64 @@ def handle_alerts(exporter: Any, request: Request) -> Response:
     if notification.alerts and not routing.local and not routing.forward:
         # Every alert belongs elsewhere: say so, so a misrouted Alertmanager shows an error.
         return _json(422, {"error": "no alert in this notification is for this exporter", "ignored": ignored})
-    if routing.local:
-        exporter.submit_alert(replace(notification, alerts=routing.local))
+    accepted, overflow, notes = _accept(exporter, notification, routing.local)
     failures = []
     for instance, base_url in sorted(routing.forward.items()):
         try:
             forward(request.body, base_url, authorization_header(token, basic))
         except WebhookError as error:
             failures.append(error.message)
-    body = {
-        "accepted": [a.fingerprint for a in routing.local],
+    body: dict[str, Any] = {
+        "accepted": [a.fingerprint for a in accepted],
         "forwarded": dict(sorted(routing.forward.items())),
         "ignored": ignored,
     }
+    if notes:
+        body["note"] = "; ".join(notes)
+    if overflow:
+        # 5xx makes Alertmanager retry the whole notification later; what was accepted is
+        # journalled, so the retry books it as a duplicate and only the overflow is new.
+        exporter.metrics.errors.labels(exporter.model, "incident_overflow").inc(len(overflow))
+        body["overflow"] = [a.fingerprint for a in overflow]
+        failures.append(f"incident queue full ({config.incident_queue} alerts waiting to be built): "
+                        f"{len(overflow)} alerts not accepted, retry later")
+        return _json(503, dict(body, error="; ".join(failures)), {"Retry-After": "30"})
     if failures:
         # 5xx makes Alertmanager retry; the local part is idempotent, so a retry is harmless.
         return _json(502, dict(body, error="; ".join(failures)))
     return _json(202, body)
+
+
+def _accept(exporter: Any, notification: AlertNotification, alerts: list[Alert]) -> tuple[list[Alert], list[Alert], list[str]]:
+    """Journal what fits in the intake queue (newest first), hand it to the worker.
+
+    Returns (accepted, overflow, notes). An alert already journalled is accepted again (a
+    re-delivery) without taking room. Once journalled, an alert is safe even if the worker
+    is down: it is booked when the worker (re)starts.
+    """
+    if not alerts:
+        return [], [], []
+    journal = intake_journal(exporter)
+    room = exporter.config.incident_queue - len(journal)
+    accepted, overflow = [], []
+    for alert in sorted(alerts, key=lambda a: a.starts_at.unix(), reverse=True):
+        if journal.accepted_before(alert):
+            accepted.append(alert)
+        elif room > 0:
+            journal.add(alert)
+            accepted.append(alert)
+            room -= 1
+        else:
+            overflow.append(alert)
+    notes = []
+    if accepted:
+        try:
+            exporter.submit_alert(replace(notification, alerts=accepted))
+        except Exception as problem:  # noqa: BLE001 - journalled: the worker books it when it is back
+            exporter.metrics.errors.labels(exporter.model, "worker").inc()
+            notes.append(f"the monitoring worker is not reachable ({type(problem).__name__}); "
+                         "the alerts are journalled and built when it is back")
+    return accepted, overflow, notes
 
 
 def incident_store(exporter: Any) -> Store:
@@ -121,7 +179,7 @@ def handle_incident(exporter: Any, request: Request) -> Response:
     parts = [urllib.parse.unquote(p) for p in request.path.split("/")[2:]]
     if parts and parts[-1] == "":
         parts.pop()
-    if not parts or len(parts) > 2 or not FINGERPRINT_RE.match(parts[0]) or (len(parts) == 2 and not _STAMP_RE.match(parts[1])):
+    if not parts or len(parts) > 2 or not FINGERPRINT_RE.fullmatch(parts[0]) or (len(parts) == 2 and not _STAMP_RE.fullmatch(parts[1])):
         return _json(400, {"error": "expected /incidents/<alert fingerprint>[/<startsAt stamp>] ([A-Za-z0-9_-] only)"})
     fingerprint = parts[0]
     prefix = alert_prefix(exporter.model, fingerprint)

@@ -89,7 +89,7 @@ def summarize(output: Any) -> str:
 def _by_source(bundle: Bundle) -> dict[str, list[tuple[dict, np.ndarray]]]:
     groups: dict[str, list[tuple[dict, np.ndarray]]] = {}
     for entry, frame in bundle.frames():
-        groups.setdefault(entry["source"], []).append((entry, frame))
+        groups.setdefault(entry.get("source", ""), []).append((entry, frame))
     return groups
 
 
@@ -142,6 +142,7 @@ def _window(
         try:
             from virk_exporter.embed import embedder_from_id
 
+            _check_embedder_id(embedder_id)
             embedder = embedder_from_id(embedder_id)
             return embedder.embed(np.stack(frames[-size:]))
         except Exception as error:  # noqa: BLE001
@@ -149,8 +150,28 @@ def _window(
     return bundle.embeddings().get(f"window/{source}")
 
 
+MAX_EMBED_SIZE = 256  # the image encoder's input side; the default is 64, 3000 would need ~9 GB
+
+
+def _check_embedder_id(embedder_id: str) -> None:
+    """An embedder id comes from the bundle: refuse sizes that would exhaust memory when rebuilt."""
+    fields = dict(p.split("=", 1) for p in str(embedder_id).split("/") if "=" in p)
+    size = fields.get("size", "64")
+    if not size.isdigit() or len(size) > 6 or not 1 <= int(size) <= MAX_EMBED_SIZE:
+        raise ValueError(f"embedder size {size[:20]!r} from the bundle is outside 1..{MAX_EMBED_SIZE}")
+
+
+def _config_int(config: dict, name: str, default: int, high: int) -> int:
+    """An integer setting read from the bundle, within 1..high (a bundle may come from anywhere)."""
+    value = config.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        return default
+    return value
+
+
 def _recorded_drift(bundle: Bundle, source: str) -> dict | None:
     points = [p for p in bundle.manifest.get("drift_timeline", []) if p.get("source") == source]
+    points = [p for p in points if isinstance(p.get("timestamp"), (int, float))]
     return max(points, key=lambda p: p["timestamp"]) if points else None
 
 
@@ -182,7 +203,7 @@ def _replay_drift(bundle, result, source, frames, reference: _Reference, config,
     if reference_embeddings is None:
         result.notes.append(f"{source}: no reference embeddings in the bundle; drift not recomputed")
         return None
-    window = _window(bundle, source, frames, reference.embedder_id, int(config.get("window", 64)), result.notes)
+    window = _window(bundle, source, frames, reference.embedder_id, _config_int(config, "window", 64, 4096), result.notes)
     if window is None or len(window) < 2:
         result.notes.append(f"{source}: no window to test; drift not recomputed")
         return None
@@ -191,7 +212,7 @@ def _replay_drift(bundle, result, source, frames, reference: _Reference, config,
 
         detector = MMDDrift(
             reference_embeddings,
-            n_permutations=int(config.get("n_permutations", 200)),
+            n_permutations=_config_int(config, "n_permutations", 200, 10_000),
             p_val=float(config.get("p_val", 0.05)),
             seed=seed,
         )
@@ -200,7 +221,8 @@ def _replay_drift(bundle, result, source, frames, reference: _Reference, config,
         result.notes.append(f"{source}: drift not recomputed ({type(error).__name__}: {error})")
         return None
     result.comparisons.append(Comparison(source, "drift", None if recorded is None else bool(recorded.get("detected")), bool(test.drift)))
-    recorded_p = None if recorded is None or recorded.get("p_value") is None else round(float(recorded["p_value"]), 4)
+    recorded_p = recorded.get("p_value") if recorded is not None else None
+    recorded_p = round(float(recorded_p), 4) if isinstance(recorded_p, (int, float)) and not isinstance(recorded_p, bool) else None
     result.comparisons.append(Comparison(source, "p_value", recorded_p, round(float(test.p_value), 4)))
     return bool(test.drift)
 
@@ -216,7 +238,7 @@ def _replay_diagnosis(bundle, result, source, items, reference: _Reference, conf
       pixel-exact replay); it is shown, not counted in ``reproduced``.
     """
     recorded = bundle.manifest.get("diagnosis", {}).get(source, {}).get("top")
-    window = items[-int(config.get("window", 64)) :]
+    window = items[-_config_int(config, "window", 64, 4096) :]
     try:
         fingerprinter = reference.for_source(source, reference.fingerprinters)
         if fingerprinter is None:

@@ -42,8 +42,13 @@ from typing import Callable, Literal, Protocol
 
 log = logging.getLogger("virk_exporter.incidents")
 
-_KEY_PART = re.compile(r"^[A-Za-z0-9._=+@:-]+$")
+_KEY_PART = re.compile(r"[A-Za-z0-9._=+@:-]+")  # fullmatch only: "$" accepts a final newline
 _TAG_VALUE_BAD = re.compile(r"[^A-Za-z0-9 +\-=._:/@]")
+
+
+def default_spool_dir() -> Path:
+    """Where bundles wait for S3 and accepted alerts for their build (``$VIRK_SPOOL_DIR`` overrides)."""
+    return Path(os.environ.get("VIRK_SPOOL_DIR", Path.home() / ".cache" / "virk-exporter" / "spool"))
 
 
 class StoreError(RuntimeError):
@@ -52,6 +57,30 @@ class StoreError(RuntimeError):
 
 class StoreUnavailable(StoreError):
     """The store cannot be reached now (network, 5xx): worth spooling and retrying."""
+
+
+class StoreRefused(StoreError):
+    """The store answers but refuses the upload (credentials, permissions, bucket): a
+    configuration problem someone must fix. Uploads spool and retry meanwhile; ``fix`` says what to change."""
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(f"{message}: {fix}")
+        self.fix = fix
+
+
+# S3 error codes that mean "fix the configuration", and what to fix.
+_CREDENTIALS_FIX = ("check VIRK_S3_ACCESS_KEY and VIRK_S3_SECRET_KEY (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) "
+                    "of the exporter's environment against the S3 server's users")
+_REFUSALS = {
+    "InvalidAccessKeyId": _CREDENTIALS_FIX,
+    "SignatureDoesNotMatch": _CREDENTIALS_FIX,
+    # A HEAD request (bucket_exists) carries no error body: a wrong secret shows up as AccessDenied too.
+    "AccessDenied": _CREDENTIALS_FIX + ", and grant that user s3:PutObject, s3:PutObjectTagging, s3:GetObject and "
+                    "s3:ListBucket on bucket {bucket} (and s3:CreateBucket, or create the bucket yourself)",
+    "NoSuchBucket": "create bucket {bucket}, or let the exporter's S3 user create it (s3:CreateBucket)",
+    "AllAccessDisabled": "the account of bucket {bucket} is disabled: see its owner",
+    "InvalidBucketName": "bucket {bucket} is not a valid S3 bucket name: fix the store URL",
+}
 
 
 @dataclass(frozen=True)
@@ -65,7 +94,7 @@ def check_key(key: str) -> str:
     """Keys are built from model names, alert fingerprints and timestamps; refuse anything that
     could escape the store's root or prefix (``..``, absolute paths, empty parts)."""
     parts = key.split("/")
-    if not key or key.startswith("/") or any(p in ("", ".", "..") or not _KEY_PART.match(p) for p in parts):
+    if not key or key.startswith("/") or any(p in ("", ".", "..") or not _KEY_PART.fullmatch(p) for p in parts):
         raise StoreError(f"invalid object key {key!r}")
     return key
 
@@ -99,8 +128,8 @@ class LocalStore:
     def put(self, key: str, data: bytes, tags: dict[str, str]) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path.with_name(path.name + ".tags.json"), json.dumps(tags, sort_keys=True).encode())
-        _atomic_write(path, data)  # last: the object appears complete or not at all
+        atomic_write(path.with_name(path.name + ".tags.json"), json.dumps(tags, sort_keys=True).encode())
+        atomic_write(path, data)  # last: the object appears complete or not at all
 
     def get(self, key: str) -> bytes:
         try:
@@ -133,11 +162,15 @@ class LocalStore:
         return self._path(key).as_uri()  # a local file needs no signature; expiry does not apply
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, fsync: bool = False) -> None:
+    """Write ``path`` whole or not at all; ``fsync`` for what must survive a power cut too."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -199,8 +232,10 @@ class S3Store:
         try:
             return fn(*args, **kwargs)
         except S3Error as error:
-            if error.code in ("NoSuchKey", "NoSuchBucket", "NoSuchTagSet"):
+            if error.code in ("NoSuchKey", "NoSuchTagSet") or (error.code == "NoSuchBucket" and what != "put_object"):
                 raise StoreError(f"{what}: {error.code} ({self.url})") from None
+            if error.code in _REFUSALS:
+                raise StoreRefused(f"{what} on {self.endpoint_url}: {error.code}", _REFUSALS[error.code].format(bucket=self.bucket)) from None
             raise StoreError(f"{what}: {error.code}: {error.message}") from None
         except ServerError as error:
             raise StoreUnavailable(f"{what}: server error {error.status_code}") from None
@@ -227,6 +262,13 @@ class S3Store:
         object_tags = Tags(for_object=True)
         for name, value in sorted(tags.items())[:10]:  # S3 allows 10 tags per object
             object_tags[name] = tag_value(value)
+        try:
+            self._put(key, data, object_tags)
+        except StoreRefused:
+            self._bucket_ready = False  # deleted meanwhile, or a fixed permission: look again next time
+            raise
+
+    def _put(self, key: str, data: bytes, object_tags) -> None:
         self._call(
             "put_object",
             self.client.put_object,
@@ -295,20 +337,43 @@ def _endpoint(endpoint: str, secure: str | None) -> tuple[str, bool]:
     return parsed.netloc, secure.strip().lower() in ("1", "true", "yes")
 
 
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+PRESIGN_MAX_S = 7 * 24 * 3600  # S3 (SigV4) presigned links live at most 7 days
+
+
+def check_store_url(url: str | Path) -> None:
+    """Refuse a store URL that could only fail later, at the first incident (ValueError)."""
+    text = str(url)
+    if not text.strip():
+        raise ValueError("store must be s3://bucket/prefix, file:///dir or a directory path, got an empty string")
+    if text.startswith("s3://"):
+        parsed = urllib.parse.urlsplit(text)
+        bucket, prefix = parsed.netloc, parsed.path.strip("/")
+        if not bucket:
+            raise ValueError(f"store URL {text!r} names no bucket (s3://bucket/prefix)")
+        if (not _BUCKET_RE.fullmatch(bucket) or ".." in bucket or re.fullmatch(r"\d+\.\d+\.\d+\.\d+", bucket)
+                or bucket.startswith("xn--") or bucket.endswith("-s3alias")):
+            raise ValueError(f"store URL {text!r}: {bucket!r} is not a valid S3 bucket name (3-63 characters: "
+                             "lowercase letters, digits, '.' and '-', starting and ending with a letter or digit)")
+        if prefix and any(not _KEY_PART.fullmatch(part) or part in (".", "..") for part in prefix.split("/")):
+            raise ValueError(f"store URL {text!r}: the prefix may use only letters, digits and ._=+@:- between slashes")
+        if parsed.query or parsed.fragment:
+            raise ValueError(f"store URL {text!r}: no query or fragment (s3://bucket/prefix)")
+    elif "://" in text and not text.startswith("file://"):
+        raise ValueError(f"unsupported store URL {text!r} (use s3://bucket/prefix, file:///dir or a directory)")
+
+
 def open_store(url: str | Path | Store) -> Store:
     """A store from its URL: ``s3://bucket/prefix``, ``file:///dir`` or a plain directory path."""
     if not isinstance(url, (str, Path)):
         return url  # already a store
     text = str(url)
+    check_store_url(text)
     if text.startswith("s3://"):
         parsed = urllib.parse.urlsplit(text)
-        if not parsed.netloc:
-            raise ValueError(f"store URL {text!r} names no bucket (s3://bucket/prefix)")
         return S3Store.from_env(parsed.netloc, parsed.path.strip("/"))
     if text.startswith("file://"):
         return LocalStore(urllib.parse.unquote(urllib.parse.urlsplit(text).path))
-    if "://" in text:
-        raise ValueError(f"unsupported store URL {text!r} (use s3://bucket/prefix or a directory)")
     return LocalStore(text)
 
 
@@ -330,12 +395,14 @@ class SpoolingStore:
         spool_dir: str | Path,
         on_uploaded: Callable[[str], None] | None = None,
         backoff: tuple[float, float] = (0.5, 30.0),
+        on_failed: Callable[[str, StoreError], None] | None = None,
     ) -> None:
         self.inner = inner
         self.url = inner.url
         self.spool_dir = Path(spool_dir)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self.on_uploaded = on_uploaded
+        self.on_failed = on_failed  # each refused or unreachable upload attempt (a counter)
         self.backoff = backoff
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -368,8 +435,12 @@ class SpoolingStore:
                     return "uploaded"
                 except StoreUnavailable as error:
                     log.warning("store unavailable, spooling %s: %s", key, error)
-            _atomic_write(data_path, data)
-            _atomic_write(meta_path, json.dumps({"key": key, "tags": tags, "spooled_at": time.time()}).encode())
+                    self._failed(key, error)
+                except StoreRefused as error:
+                    log.error("store refused %s, spooled and retried until fixed: %s", key, error)
+                    self._failed(key, error)
+            atomic_write(data_path, data)
+            atomic_write(meta_path, json.dumps({"key": key, "tags": tags, "spooled_at": time.time()}).encode())
         self._wake.set()
         return "spooled"
 
@@ -405,6 +476,10 @@ class SpoolingStore:
         if self.on_uploaded is not None:
             self.on_uploaded(meta["key"])
 
+    def _failed(self, key: str, error: StoreError) -> None:
+        if self.on_failed is not None:
+            self.on_failed(key, error)
+
     def _drain_loop(self) -> None:
         delay = self.backoff[0]
         while not self._stop.is_set():
@@ -416,8 +491,12 @@ class SpoolingStore:
                 for meta_path in sorted(self.spool_dir.glob("*.json")):
                     self._upload_one(meta_path)
                 delay = self.backoff[0]
-            except StoreUnavailable as error:
-                log.info("store still unavailable (retrying in %.1fs): %s", delay, error)
+            except (StoreUnavailable, StoreRefused) as error:
+                if isinstance(error, StoreRefused):
+                    log.error("spooled bundles cannot be uploaded (retrying in %.1fs): %s", delay, error)
+                else:
+                    log.info("store still unavailable (retrying in %.1fs): %s", delay, error)
+                self._failed("", error)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.backoff[1])
                 self._wake.set()

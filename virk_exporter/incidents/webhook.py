@@ -23,9 +23,9 @@ FORWARDED_HEADER = "x-virk-forwarded"  # set on replica-to-replica forwards; the
 
 # Alert fingerprints become object keys and URL path segments: allow only what Alertmanager
 # produces (hex) plus the characters a hand-made alert may reasonably use. No dots, no slashes.
-FINGERPRINT_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+FINGERPRINT_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")  # use fullmatch: "$" would accept a final newline
 _RFC3339_RE = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$"
+    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})"
 )
 
 
@@ -47,14 +47,14 @@ class Timestamp:
 
     @classmethod
     def parse(cls, text: str, what: str) -> "Timestamp":
-        match = _RFC3339_RE.match(text) if isinstance(text, str) else None
+        match = _RFC3339_RE.fullmatch(text) if isinstance(text, str) else None
         if match is None:
             raise WebhookError(400, f"{what}: {text!r} is not an RFC 3339 timestamp")
         day, clock, frac, zone = match.groups()
         zone = "+00:00" if zone in ("Z", "z") else zone
         try:
             moment = datetime.fromisoformat(f"{day}T{clock}{zone}").astimezone(timezone.utc)
-        except ValueError as error:
+        except (ValueError, OverflowError) as error:  # Feb 30; 9999-12-31T23:59:59-23:59 leaves datetime's range
             raise WebhookError(400, f"{what}: {text!r}: {error}") from None
         return cls(moment, int((frac or "0").ljust(9, "0")))
 
@@ -65,7 +65,7 @@ class Timestamp:
 
     def stamp(self) -> str:
         """A compact, path-safe, sortable form used in object keys: 20240101T120000.123456789Z."""
-        return f"{self.seconds.year:04d}{self.seconds:%m%dT%H%M%S}.{self.nanos:09d}Z"  # %Y drops year 1's zeros
+        return f"{self.seconds.year:04d}{self.seconds:%m%dT%H%M%S}.{self.nanos:09d}Z"  # %Y does not pad year 1
 
     def unix(self) -> float:
         return self.seconds.timestamp() + self.nanos / 1e9
@@ -142,12 +142,12 @@ def _status(value: str, where: str) -> Literal["firing", "resolved"]:
     return value  # type: ignore[return-value]
 
 
-def _parse_alert(raw: Any, index: int) -> Alert:
-    where = f"alerts[{index}]"
+def parse_alert(raw: Any, where: str) -> Alert:
+    """One alert object of the payload (also how the intake journal reads its entries back)."""
     if not isinstance(raw, dict):
         raise WebhookError(400, f"{where} must be an object")
     fingerprint = _require(raw, "fingerprint", str, where)
-    if not FINGERPRINT_RE.match(fingerprint):
+    if not FINGERPRINT_RE.fullmatch(fingerprint):
         raise WebhookError(400, f"{where}: fingerprint {fingerprint!r} must be 1-128 of [A-Za-z0-9_-]")
     return Alert(
         status=_status(_require(raw, "status", str, where), where),
@@ -155,30 +155,48 @@ def _parse_alert(raw: Any, index: int) -> Alert:
         annotations=_string_map(raw, "annotations", where, required=False),
         starts_at=Timestamp.parse(_require(raw, "startsAt", str, where), f"{where}.startsAt"),
         ends_at=Timestamp.parse(raw.get("endsAt") or "0001-01-01T00:00:00Z", f"{where}.endsAt"),
-        generator_url=str(raw.get("generatorURL", "")),
+        generator_url=_require({"generatorURL": "", **raw}, "generatorURL", str, where),
         fingerprint=fingerprint,
     )
 
 
-def parse_notification(body: bytes) -> AlertNotification:
-    """Parse and validate an Alertmanager webhook body; raises :class:`WebhookError` (400)."""
+def parse_notification(body: bytes, max_alerts: int | None = None) -> AlertNotification:
+    """Parse and validate an Alertmanager webhook body; raises :class:`WebhookError` (400, or
+    413 for more than ``max_alerts`` alerts)."""
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except RecursionError:
+        raise WebhookError(400, "body is not valid JSON: nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError, bad UTF-8, an integer of thousands of digits
         raise WebhookError(400, f"body is not valid JSON: {error}") from None
+    try:
+        # JSON may escape lone surrogates ("\ud800"): valid JSON, no valid text, and a label
+        # value that cannot be written into the bundle. Refused here, not after the 202.
+        json.dumps(payload, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise WebhookError(400, "body contains a lone surrogate (\\ud800-\\udfff) in a string: not valid text") from None
     if not isinstance(payload, dict):
         raise WebhookError(400, f"body must be a JSON object, got {type(payload).__name__}")
     version = _require(payload, "version", str, "payload")
     if version != PAYLOAD_VERSION:
         raise WebhookError(400, f"payload: unsupported webhook version {version!r} (expected {PAYLOAD_VERSION!r})")
     raw_alerts = _require(payload, "alerts", list, "payload")
+    if max_alerts is not None and len(raw_alerts) > max_alerts:
+        raise WebhookError(
+            413,
+            f"{len(raw_alerts)} alerts in one notification, over the limit of {max_alerts}: set max_alerts "
+            f"(<= {max_alerts}) in the Alertmanager receiver's webhook_config, or group alerts by fewer labels",
+        )
+    truncated = _require({"truncatedAlerts": 0, **payload}, "truncatedAlerts", int, "payload")
+    if not 0 <= truncated < 2**63:
+        raise WebhookError(400, f"payload: truncatedAlerts must be a count, got {truncated}")
     return AlertNotification(
         receiver=_require(payload, "receiver", str, "payload"),
         status=_status(_require(payload, "status", str, "payload"), "payload"),
-        alerts=[_parse_alert(raw, i) for i, raw in enumerate(raw_alerts)],
-        group_key=str(payload.get("groupKey", "")),
-        external_url=str(payload.get("externalURL", "")),
-        truncated_alerts=_require({"truncatedAlerts": 0, **payload}, "truncatedAlerts", int, "payload"),
+        alerts=[parse_alert(raw, f"alerts[{i}]") for i, raw in enumerate(raw_alerts)],
+        group_key=_require({"groupKey": "", **payload}, "groupKey", str, "payload"),
+        external_url=_require({"externalURL": "", **payload}, "externalURL", str, "payload"),
+        truncated_alerts=truncated,
         group_labels=_string_map(payload, "groupLabels", "payload", required=False),
         common_labels=_string_map(payload, "commonLabels", "payload", required=False),
         common_annotations=_string_map(payload, "commonAnnotations", "payload", required=False),
