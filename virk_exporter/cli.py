@@ -33,8 +33,10 @@ def main(verbose: bool) -> None:
 def demo(duration: float, fps: float, host: str, port: int, store: str | None, seed: int, self_page: bool, cycle: float) -> None:
     """Stream two real-photograph cameras through a monitored model with a scripted incident."""
     from virk_exporter.demo import run
+    from virk_exporter.lifecycle import sigterm_as_interrupt
     from virk_exporter.server import PortInUseError
 
+    sigterm_as_interrupt()  # the demo's finally drains and closes the exporter
     try:
         summary = run(duration=duration, fps=fps, host=host, port=port, store=store, seed=seed, console=Console(), self_page=self_page, cycle=cycle)
     except PortInUseError as problem:
@@ -56,9 +58,11 @@ def demo(duration: float, fps: float, host: str, port: int, store: str | None, s
 def serve(frames_path: str, model: str, reference_path: str | None, store: str | None, fps: float, loop: bool, host: str, port: int, webhook_token: str | None) -> None:
     """Watch recorded frames (a directory or a video) and serve the exporter's routes."""
     from virk_exporter.exporter import Exporter
+    from virk_exporter.lifecycle import sigterm_as_interrupt
     from virk_exporter.reference import read_frames
     from virk_exporter.server import PortInUseError
 
+    sigterm_as_interrupt()  # drain and close on SIGTERM as on Ctrl-C
     exporter = Exporter(model=model, reference=reference_path, store=store, webhook_token=webhook_token)
     try:
         server = exporter.serve(host=host, port=port)

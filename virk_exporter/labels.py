@@ -86,7 +86,7 @@ class LabelBook:
         model: str,
         labels_total: Any,
         accuracy: Any,
-        issued: Callable[[], int],
+        issued: Callable[[], range],
         capacity: int = 1 << 20,
         window: int = 500,
         on_error: Callable[[str, BaseException], None] | None = None,
@@ -96,7 +96,7 @@ class LabelBook:
         self.model = model
         self._labels_total = labels_total
         self._accuracy = accuracy
-        self._issued = issued  # the next frame id the exporter will issue
+        self._issued = issued  # the frame ids this process has issued so far
         self.capacity = int(capacity)
         self.window = int(window)
         self._on_error = on_error
@@ -217,7 +217,7 @@ class LabelBook:
             frame_id = int(frame_id)
         except (TypeError, ValueError):
             return "unknown", UNKNOWN_SOURCE
-        if frame_id < 0 or frame_id >= self._issued():
+        if frame_id not in self._issued():
             return "unknown", UNKNOWN_SOURCE
         if self._ids is None:
             return (None, "") if not settled else ("unknown", UNKNOWN_SOURCE)

@@ -202,6 +202,10 @@ class ExporterServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    def close_inherited(self) -> None:
+        """In a forked child: close our copy of the listening socket; the parent goes on serving."""
+        self._httpd.socket.close()
+
     def shutdown(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
