@@ -3,6 +3,7 @@
 import multiprocessing
 import os
 import pickle
+import urllib.request
 
 import numpy as np
 import pytest
@@ -57,8 +58,6 @@ def test_an_os_fork_child_is_monitored_and_exits_without_hanging(exporter):
     assert child_ids.start >> SESSION_BITS != parent_ids.start >> SESSION_BITS, "frame ids must be unique across processes"
     assert processed == 3 + 12, "the child's frames reach the shared worker"
     assert frames_total(exporter) == 15, "the parent's scrape counts the child's frames (after it exited)"
-    import urllib.request
-
     with urllib.request.urlopen(f"{server.url}/-/ready", timeout=5) as reply:  # the parent still serves
         assert reply.status == 200
 
@@ -103,9 +102,9 @@ def test_frames_sent_before_the_worker_is_ready_are_held_or_dropped_as_not_start
         assert not exp.ready  # a fresh worker is still importing its analysis
         for _ in range(20):
             predict(FRAMES[:1])
+            exp._handoff.drain(10)  # as calls a few ms apart would: the hand-off thread keeps up
         text = exposition(exp)  # answers while the worker starts (caller-side families)
         assert sample_value(text, "virk_frames_total") == 20
-        exp._handoff.drain(10)
         assert exp.wait_ready(120)
         exp.flush()
         text = exposition(exp)

@@ -57,6 +57,7 @@ class WorkerHandle:
         self._request_ids = itertools.count(1)
         self._supervisor: threading.Thread | None = None
         self._stop = threading.Event()
+        self._ever_ready = False
         self._wanted = False  # start() was called: frames without a worker are "worker_down"
         self.on_attached: Callable[[Attached], None] = lambda attached: None
 
@@ -150,15 +151,20 @@ class WorkerHandle:
 
     @property
     def ready(self) -> bool:
-        return self.alive and self._arena is not None and self._arena.ready
+        ready = self.alive and self._arena is not None and self._arena.ready
+        self._ever_ready = self._ever_ready or ready
+        return ready
 
     def wait_ready(self, timeout: float) -> bool:
+        """Wait for a ready worker (a crashed one is replaced meanwhile by the supervisor);
+        raises when the first worker this process started died before it was ever ready."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.ready:
                 return True
-            if self.attached is not None and not self.alive and self._started is not None:
-                raise WorkerError(f"the monitoring worker exited with status {self._started.returncode} while starting")
+            started = self._started
+            if not self._ever_ready and started is not None and started.poll() is not None:
+                raise WorkerError(f"the monitoring worker exited with status {started.returncode} while starting")
             time.sleep(0.02)
         return False
 
@@ -238,7 +244,9 @@ class WorkerHandle:
     def request(self, command: str, *args: Any, timeout: float = 30.0) -> Any:
         if self._control is None or not self.alive:
             raise WorkerError("the monitoring worker is not running")
-        with self._control_lock:
+        if not self._control_lock.acquire(timeout=timeout):  # another request holds the connection
+            raise WorkerError(f"the monitoring worker did not answer {command!r} within {timeout}s (busy)")
+        try:
             if self._control is None:
                 raise WorkerError("the monitoring worker is not running")
             request_id = next(self._request_ids)
@@ -251,6 +259,8 @@ class WorkerHandle:
                 answer_id, ok, value = self._control.recv()
                 if answer_id == request_id:
                     break  # answers to requests that timed out earlier are skipped
+        finally:
+            self._control_lock.release()
         if not ok:
             raise WorkerError(f"{command} failed in the worker: {value}")
         return value

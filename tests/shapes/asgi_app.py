@@ -1,6 +1,7 @@
 """A Starlette service with an async monitored predict, for uvicorn --workers (tests/test_server_shapes.py)."""
 
 import asyncio
+import logging
 import os
 
 import numpy as np
@@ -10,7 +11,7 @@ from starlette.routing import Mount, Route
 
 from virk_exporter import Exporter
 
-exporter = Exporter(model=os.environ["VIRK_TEST_MODEL"], store=os.environ["VIRK_STORE"])
+exporter = Exporter(model=os.environ["VIRK_TEST_MODEL"], store=os.environ["VIRK_STORE"], log_level=logging.INFO)  # the test reads the worker's exit line
 FRAMES = np.random.default_rng(0).integers(0, 256, (2, 48, 64, 3), dtype=np.uint8)
 
 

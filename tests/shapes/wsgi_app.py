@@ -4,6 +4,7 @@ The Exporter is created at import: in the master with ``--preload`` (then forked
 each worker. /metrics and /-/ready go to the exporter's WSGI app, the rest to Flask.
 """
 
+import logging
 import os
 
 import numpy as np
@@ -11,7 +12,7 @@ from flask import Flask, jsonify
 
 from virk_exporter import Exporter
 
-exporter = Exporter(model=os.environ["VIRK_TEST_MODEL"], store=os.environ["VIRK_STORE"])
+exporter = Exporter(model=os.environ["VIRK_TEST_MODEL"], store=os.environ["VIRK_STORE"], log_level=logging.INFO)  # the test reads the worker's exit line
 FRAMES = np.random.default_rng(0).integers(0, 256, (2, 48, 64, 3), dtype=np.uint8)
 
 
