@@ -10,7 +10,8 @@ import pytest
 
 from helpers import exposition, sample_value
 from virk_exporter import Exporter
-from virk_exporter.exporter import SESSION_BITS
+from servers import wait_until
+from virk_exporter.transport import SESSION_BITS
 
 FRAMES = np.random.default_rng(4).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
 
@@ -94,6 +95,30 @@ def test_exporters_with_the_same_settings_share_one_worker(tmp_path):
         b.flush()
         assert a.request("status")["frames_processed"] == 2 * len(FRAMES)
         assert frames_total(a) == frames_total(b) == 2 * len(FRAMES)
+
+
+def test_a_label_recorded_in_another_process_is_scored_by_the_issuing_one(tmp_path):
+    settings = dict(model=f"routed-{os.getpid()}", store=str(tmp_path / "store"))
+    with Exporter(**settings) as issuer, Exporter(**settings) as other:
+        assert issuer.wait_ready(120) and other.wait_ready(120)
+        predict = issuer.monitor(lambda frames: np.eye(3)[: len(frames)])  # predicts 0, 1, 2
+        predict(FRAMES)
+        ids = list(issuer.last_frame_ids())
+        issuer.flush()
+        other.record_labels(ids, [0, 1, 0])  # where a label request lands: any process
+        other.flush()
+
+        def outcomes(exp):
+            text = exposition(exp)
+            return {o: sample_value(text, "virk_labels_total", outcome=o) for o in ("correct", "incorrect", "expired", "unknown")}
+
+        wait_until(lambda: outcomes(issuer)["correct"] == 2 and outcomes(issuer)["incorrect"] == 1, 10, what="routed labels scored")
+        issuer.close()
+        other.record_label(ids[0], 0)  # its process has gone (and its ledger with it)
+        other.record_label(ids[0] + (1000 << SESSION_BITS), 0)  # no process ever had this id
+        other.flush()
+        wait_until(lambda: outcomes(other)["expired"] == 1 and outcomes(other)["unknown"] == 1, 10, what="unroutable labels counted")
+        assert outcomes(other)["correct"] == 2, "the closed process's counts stay in the totals"
 
 
 def test_frames_sent_before_the_worker_is_ready_are_held_or_dropped_as_not_started(tmp_path):

@@ -43,12 +43,11 @@ from virk_exporter.outputs import output_rows, output_summary, to_numpy
 from virk_exporter.slices import tags_per_frame
 from virk_exporter.totals import combine
 from virk_exporter.tracing import emit, force_flush, hex_ids, resolve_tracer
-from virk_exporter.transport import Arrays, BatchInfo
+from virk_exporter.transport import SESSION_BITS, Arrays, BatchInfo, ForwardedLabels
 from virk_exporter.worker_handle import WorkerHandle
 
 log = logging.getLogger("virk_exporter")
 
-SESSION_BITS = 40  # frame id = session number << 40 | this process's count
 PUSH_COUNTS_S = 1.0
 COLLECT_TIMEOUT_S = 0.8  # a scrape answers within a second (the shipped scrape_timeout is 4 s)
 
@@ -116,7 +115,9 @@ class Exporter:
         # Late labels (labels.py): the prediction ledger, kept on the hand-off thread.
         memory, window = self._label_settings
         self._label_book = LabelBook(
-            self.model, self.metrics.labels_total, self.metrics.label_accuracy, self._issued_ids, memory, window, self._count_error
+            self.model, self.metrics.labels_total, self.metrics.label_accuracy, self._issued_ids, memory, window, self._count_error,
+            owns=lambda frame_id: frame_id >> SESSION_BITS == self._id_base >> SESSION_BITS,
+            forward=lambda ids, labels: self._worker.post("labels", ids, labels),
         )
         self._every_n = itertools.count()
         self._labels: set[str] = set()
@@ -374,9 +375,15 @@ class Exporter:
             return None
 
     def _emit_worker_spans(self) -> None:
-        """Turn the worker's span records into spans (hand-off thread, between calls)."""
+        """Turn the worker's span records into spans, and score labels other processes
+        forwarded to us (hand-off thread, between calls)."""
         for record in self._worker.span_records():
-            if self._tracer is not None:
+            if isinstance(record, ForwardedLabels):
+                if record.outcome is not None:
+                    self._label_book.count_unscorable(len(record.frame_ids), record.outcome)
+                else:
+                    self._label_book.submit(record.frame_ids, record.labels)
+            elif self._tracer is not None:
                 emit(self._tracer, record)
 
     def _sources_of(self, source_fn, signature, frames, args, kwargs, n: int) -> list[str]:

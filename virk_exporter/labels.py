@@ -90,6 +90,8 @@ class LabelBook:
         capacity: int = 1 << 20,
         window: int = 500,
         on_error: Callable[[str, BaseException], None] | None = None,
+        owns: Callable[[int], bool] | None = None,
+        forward: Callable[[list[int], list[Any]], None] | None = None,
     ) -> None:
         if capacity <= 0 or window <= 0:
             raise ValueError("label_memory and label_window must be positive")
@@ -100,6 +102,10 @@ class LabelBook:
         self.capacity = int(capacity)
         self.window = int(window)
         self._on_error = on_error
+        # Several processes share frame ids (exporter.py): a label for a frame another process
+        # issued is forwarded to it (through the shared worker) and scored there.
+        self._owns = owns
+        self._forward = forward
         self._incoming: deque = deque()  # (frame_ids, labels, submitted_at) from any thread
         self._records: deque = deque()  # (first_id, sources, result, predicted) of accounted calls
         self._pending: list[tuple[int, Any, float]] = []
@@ -197,7 +203,12 @@ class LabelBook:
             for frame_ids, labels, submitted in items:
                 work.extend((frame_id, label, submitted) for frame_id, label in zip(frame_ids, labels))
             touched: set[str] = set()
+            foreign: tuple[list[int], list[Any]] = ([], [])
             for frame_id, label, submitted in work:
+                if self._forward is not None and self._foreign(frame_id):
+                    foreign[0].append(int(frame_id))
+                    foreign[1].append(label)
+                    continue
                 outcome, source = self._score(frame_id, label, settled or now - submitted > PENDING_S)
                 if outcome is None:
                     if len(self._pending) < MAX_PENDING:
@@ -211,6 +222,20 @@ class LabelBook:
             for source in touched:
                 recent = self._recent[source]
                 self._accuracy.labels(self.model, source).set(self._correct_in_window[source] / len(recent))
+        if foreign[0]:
+            self._forward(*foreign)
+
+    def _foreign(self, frame_id: Any) -> bool:
+        try:
+            frame_id = int(frame_id)
+        except (TypeError, ValueError):
+            return False  # not an id at all: scored (as unknown) here
+        return frame_id >= 0 and not self._owns(frame_id)
+
+    def count_unscorable(self, n: int, outcome: str) -> None:
+        """Labels another process could not route to a ledger (``expired`` or ``unknown``)."""
+        for _ in range(n):
+            self._count(UNKNOWN_SOURCE, outcome)
 
     def _score(self, frame_id: Any, label: Any, settled: bool) -> tuple[str | None, str]:
         try:

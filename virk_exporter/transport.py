@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+SESSION_BITS = 40  # frame id = session number << 40 | the count of its process
 _HEADER = 64  # uint64 counters the worker writes: bytes consumed, batches consumed, ready flag
 _ALIGN = 64
 
@@ -185,6 +186,19 @@ class FrameProducer:
         """The last message: after the batches before it, ``last_words`` (our final counts)."""
         with self._lock:
             self.connection.send(Closing(last_words))
+
+
+@dataclass(frozen=True)
+class ForwardedLabels:
+    """Labels for frames a process issued, recorded in another process (worker to issuer).
+
+    ``outcome`` set: sent back to the process that recorded them, to count as ``expired`` (the
+    issuing process has gone, with its ledger) or ``unknown`` (no process had that id).
+    """
+
+    frame_ids: list[int]
+    labels: list[Any]
+    outcome: str | None = None
 
 
 @dataclass(frozen=True)

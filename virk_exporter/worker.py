@@ -12,7 +12,6 @@ has gone (after a short linger, so a restarting server worker finds it still the
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import select
@@ -30,7 +29,7 @@ from prometheus_client import CollectorRegistry
 from virk_exporter.metrics import WorkerMetrics
 from virk_exporter.rendezvous import Attached, Rendezvous, receive_attach, reply_attached
 from virk_exporter.totals import CallerTotals
-from virk_exporter.transport import Arena, FrameConsumer
+from virk_exporter.transport import SESSION_BITS, Arena, ForwardedLabels, FrameConsumer
 
 log = logging.getLogger("virk_exporter.worker")
 
@@ -86,7 +85,7 @@ class Worker:
         self._pipeline = threading.Lock()  # one batch at a time through the shared Monitor
         self._sessions: dict[int, Session] = {}
         self._sessions_lock = threading.Lock()
-        self._numbers = itertools.count()
+        self._sessions_issued = 0
         self._current = threading.local()  # the session a thread works for (where its spans go)
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -124,7 +123,7 @@ class Worker:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         if self.monitor is not None:
             self.monitor.close()
-        log.info("exiting after %d batches from %d processes", self.batches, next(self._numbers))
+        log.info("exiting after %d batches from %d processes", self.batches, self._sessions_issued)
 
     def _close_listener(self) -> None:
         """From now on, a process that wants a worker for this key starts a new one."""
@@ -136,7 +135,8 @@ class Worker:
         try:
             conn.settimeout(5.0)
             pid, arena_size, fds = receive_attach(conn)
-            session = Session(next(self._numbers), pid, fds, arena_size)
+            session = Session(self._sessions_issued, pid, fds, arena_size)
+            self._sessions_issued += 1
             with self._sessions_lock:
                 self._sessions[session.number] = session
             reply_attached(conn, Attached(session.number, os.getpid()))
@@ -259,10 +259,29 @@ class Worker:
                         raise TimeoutError(f"processed {session.processed} of {sent} batches")
                     session.progress.wait(remaining)
             return session.processed
+        if command == "labels":
+            self._route_labels(session, *args)
+            return None
         if command == "sessions":
             with self._sessions_lock:
                 return sorted(s.pid for s in self._sessions.values())
         return self.monitor.command(command, *args)
+
+    def _route_labels(self, sender: Session, frame_ids: list[int], labels: list[Any]) -> None:
+        """Each label to the process that issued its frame (the session number is the id's high bits)."""
+        by_session: dict[int, tuple[list[int], list[Any]]] = {}
+        for frame_id, label in zip(frame_ids, labels):
+            ids, values = by_session.setdefault(frame_id >> SESSION_BITS, ([], []))
+            ids.append(frame_id)
+            values.append(label)
+        with self._sessions_lock:
+            targets = {number: self._sessions.get(number) for number in by_session}
+        for number, (ids, values) in by_session.items():
+            target = targets[number]
+            if target is None:
+                sender.send_event(ForwardedLabels(ids, values, "expired" if number < self._sessions_issued else "unknown"))
+            else:
+                target.send_event(ForwardedLabels(ids, values))
 
     def stop(self, *_: Any) -> None:
         """SIGTERM: stop accepting; sessions drain as their processes close."""
