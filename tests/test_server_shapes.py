@@ -27,9 +27,9 @@ APPS = Path(__file__).resolve().parent / "shapes"
 BATCH = 2  # frames per request (shapes/*_app.py)
 
 
-def start_service(argv: list[str], tmp_path: Path, ready_url: str) -> tuple[subprocess.Popen, Path, Path]:
+def start_service(argv: list[str], tmp_path: Path, ready_url: str, **env_extra: str) -> tuple[subprocess.Popen, Path, Path]:
     run_dir = tmp_path / "run"  # this test's own rendezvous directory: its workers are easy to find
-    env = dict(os.environ, VIRK_TEST_MODEL="shapes", VIRK_STORE=str(tmp_path / "store"), VIRK_RUNTIME_DIR=str(run_dir))
+    env = dict(os.environ, VIRK_TEST_MODEL="shapes", VIRK_STORE=str(tmp_path / "store"), VIRK_RUNTIME_DIR=str(run_dir), **env_extra)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(APPS), env.get("PYTHONPATH", "")])
     log = tmp_path / "server.log"
     process = subprocess.Popen(argv, cwd=APPS, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -85,7 +85,9 @@ def stop_and_check_drained(process: subprocess.Popen, run_dir: Path, log: Path, 
     assert exits == [str(batches)], log.read_text()[-3000:]
 
 
-def check_service(process: subprocess.Popen, run_dir: Path, log: Path, predict_url: str, metrics_url: str, requests: int, pace_s: float = 0.0) -> None:
+def check_service(
+    process: subprocess.Popen, run_dir: Path, log: Path, predict_url: str, metrics_url: str, requests: int, pace_s: float = 0.0, served_url: str | None = None
+) -> None:
     replies = load(predict_url, requests, pace_s)
     assert len({r["pid"] for r in replies}) >= 2, "the load should reach several server processes"
     assert len({r["first_id"] for r in replies}) == requests, "frame ids are unique across processes"
@@ -99,6 +101,8 @@ def check_service(process: subprocess.Popen, run_dir: Path, log: Path, predict_u
     seen += [frames_total(metrics_url) for _ in range(12)]  # scrapes land on whichever process answers
     assert seen == sorted(seen), f"virk_frames_total went backwards between scrapes: {seen}"
     assert seen[-1] == requests * BATCH
+    if served_url is not None:  # exporter.serve() called in every process: one of them serves all
+        assert frames_total(served_url) == requests * BATCH
     assert len(monitoring_workers(run_dir)) == 1, "one monitoring worker per model and host"
     more = load(predict_url, 20)  # then SIGTERM at once: these must still be drained
     stop_and_check_drained(process, run_dir, log, requests + len(more))
@@ -118,12 +122,12 @@ def gunicorn(port: int, *extra: str) -> list[str]:
 
 
 def test_gunicorn_three_workers_one_monitor_and_a_real_prometheus_sees_no_reset(tmp_path):
-    port = free_port()
-    process, run_dir, log = start_service(gunicorn(port), tmp_path, f"http://127.0.0.1:{port}/-/ready")
+    port, served = free_port(), free_port()
+    process, run_dir, log = start_service(gunicorn(port), tmp_path, f"http://127.0.0.1:{port}/-/ready", VIRK_TEST_SERVE_PORT=str(served))
     prometheus = start_prometheus(tmp_path / "prometheus", [f"127.0.0.1:{port}"])
     try:
         base = f"http://127.0.0.1:{port}"
-        check_service(process, run_dir, log, f"{base}/predict", f"{base}/metrics", 90, pace_s=0.25)
+        check_service(process, run_dir, log, f"{base}/predict", f"{base}/metrics", 90, pace_s=0.25, served_url=f"http://127.0.0.1:{served}/metrics")
         query = 'resets(virk_frames_total{model="shapes"}[10m])'
         results = prometheus_query(prometheus, query)
         assert results and all(float(r["value"][1]) == 0 for r in results), results
@@ -135,11 +139,11 @@ def test_gunicorn_three_workers_one_monitor_and_a_real_prometheus_sees_no_reset(
 
 
 def test_gunicorn_preload_forked_workers_are_monitored(tmp_path):
-    port = free_port()
-    process, run_dir, log = start_service(gunicorn(port, "--preload"), tmp_path, f"http://127.0.0.1:{port}/-/ready")
+    port, served = free_port(), free_port()  # serve() in the master, before the fork: the workers must not inherit it as a zombie
+    process, run_dir, log = start_service(gunicorn(port, "--preload"), tmp_path, f"http://127.0.0.1:{port}/-/ready", VIRK_TEST_SERVE_PORT=str(served))
     try:
         base = f"http://127.0.0.1:{port}"
-        check_service(process, run_dir, log, f"{base}/predict", f"{base}/metrics", 60)
+        check_service(process, run_dir, log, f"{base}/predict", f"{base}/metrics", 60, served_url=f"http://127.0.0.1:{served}/metrics")
     finally:
         stop(process, run_dir)
 

@@ -4,7 +4,9 @@ Where it lives, and why: in the **caller's process**, on the hand-off thread. La
 the caller's process (``exporter.record_label``), and the hand-off thread already sees every
 call's result, so it keeps a compact *prediction ledger* of every frame — sampled or not — and
 scores labels against it. The worker's flight recorder is the wrong place: it holds only sampled
-frames, evicts them by bytes within minutes, and would need a round trip per label.
+frames, evicts them by bytes within minutes, and would need a round trip per label. With
+several processes sharing a worker, each keeps the ledger of the frames it issued; a label
+recorded in another process is forwarded to it through the worker (``owns``/``forward``).
 
 * The ledger is a ring indexed by ``frame_id % capacity``: frame id, source, and the predicted
   value (as a small integer code), ~15 bytes a frame (``label_memory`` frames, default 2**20,

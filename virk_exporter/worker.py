@@ -80,6 +80,7 @@ class Worker:
         self.metrics = WorkerMetrics(self.registry)
         self.callers = CallerTotals()
         self.monitor: Any = None
+        self.model: str | None = None  # from the first session's settings
         self._initialized = threading.Event()
         self._init_lock = threading.Lock()
         self._pipeline = threading.Lock()  # one batch at a time through the shared Monitor
@@ -151,7 +152,8 @@ class Worker:
         thread.start()
 
     def _run_session(self, session: Session) -> None:
-        """The session's control thread: initialize (the first session does it), then answer."""
+        """The session's control thread: the first session's settings start the analysis (in
+        the background: requests that need no analysis are answered meanwhile), then answer."""
         self._current.session = session
         try:
             _, command, (config, reference_frames) = session.control.recv()
@@ -159,21 +161,17 @@ class Worker:
         except (EOFError, OSError):
             self._end(session)
             return
-        try:
-            self._initialize(config, reference_frames)
-        except Exception:  # noqa: BLE001 - every process sees the worker exit, logs it and counts it
-            log.exception("the monitoring worker could not start")
-            os._exit(1)
-        session.arena.mark_ready()
+        with self._init_lock:
+            if self.model is None:
+                self.model = config.model
+                threading.Thread(target=self._initialize, args=(config, reference_frames), name="virk-init", daemon=True).start()
         frames = threading.Thread(target=self._consume, args=(session,), name=f"virk-frames-{session.number}", daemon=True)
         frames.start()
         self._serve_control(session)
         frames.join()
 
     def _initialize(self, config: Any, reference_frames: Any) -> None:
-        with self._init_lock:
-            if self._initialized.is_set():
-                return
+        try:
             if config.log_level is not None:
                 logging.getLogger("virk_exporter").setLevel(config.log_level)
             import torch
@@ -183,10 +181,15 @@ class Worker:
             torch.set_num_threads(1)  # monitoring must not take the model's cores
             self.metrics.start_at_zero(config.model)
             self.monitor = Monitor(config, self.metrics, reference_frames, self.send_span)
-            self._initialized.set()
+        except Exception:  # noqa: BLE001 - every process sees the worker exit, logs it and counts it
+            log.exception("the monitoring worker could not start")
+            os._exit(1)
+        self._initialized.set()
 
     def _consume(self, session: Session) -> None:
         self._current.session = session
+        self._initialized.wait()  # batches wait in the session's arena meanwhile
+        session.arena.mark_ready()
         while True:
             try:
                 item = session.consumer.receive()
@@ -231,7 +234,7 @@ class Worker:
                 ok, value = True, self._answer(session, command, args)
             except Exception as problem:  # noqa: BLE001 - reported to the caller process
                 ok, value = False, f"{type(problem).__name__}: {problem}"
-                self.metrics.errors.labels(self.monitor.model, "control").inc()
+                self.metrics.errors.labels(self.model, "control").inc()
             if request_id is not None:
                 with session.send_lock:
                     try:
@@ -265,6 +268,7 @@ class Worker:
         if command == "sessions":
             with self._sessions_lock:
                 return sorted(s.pid for s in self._sessions.values())
+        self._initialized.wait()
         return self.monitor.command(command, *args)
 
     def _route_labels(self, sender: Session, frame_ids: list[int], labels: list[Any]) -> None:

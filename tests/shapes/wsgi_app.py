@@ -13,6 +13,8 @@ from flask import Flask, jsonify
 from virk_exporter import Exporter
 
 exporter = Exporter(model=os.environ["VIRK_TEST_MODEL"], store=os.environ["VIRK_STORE"], log_level=logging.INFO)  # the test reads the worker's exit line
+if os.environ.get("VIRK_TEST_SERVE_PORT"):  # in every process: the first binds, the others skip
+    exporter.serve(port=int(os.environ["VIRK_TEST_SERVE_PORT"]))
 FRAMES = np.random.default_rng(0).integers(0, 256, (2, 48, 64, 3), dtype=np.uint8)
 
 
