@@ -69,6 +69,9 @@ def serve(frames_path: str, model: str, reference_path: str | None, store: str |
     except PortInUseError as problem:
         exporter.close()
         raise click.ClickException(str(problem)) from problem
+    if server is None:  # another process of this model serves the port (Exporter.serve)
+        exporter.close()
+        raise click.ClickException(f"{host}:{port} is already served by another virk-exporter process of model {model!r}")
     console = Console()
     console.print(f"serving {server.url}/metrics for model {model!r}; frames from {frames_path}")
     watch = exporter.monitor(source=lambda frames, source: source)(lambda frames, source: None)

@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import socket
+import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,9 +43,11 @@ def runtime_dir() -> Path:
 
 
 def worker_key(config: Any, reference_frames: np.ndarray | None) -> str:
-    """One key per model and settings: processes with different settings get different workers."""
+    """One key per model, settings and installation: processes with different settings, or
+    running another interpreter or copy of this package, get different workers (a worker runs
+    the code of the process that started it)."""
     settings = {k: v for k, v in asdict(config).items() if k != "log_level"}
-    digest = hashlib.sha256(repr(sorted(settings.items())).encode())
+    digest = hashlib.sha256(repr((sorted(settings.items()), sys.executable, str(Path(__file__).parent))).encode())
     if reference_frames is not None:
         digest.update(np.ascontiguousarray(reference_frames).tobytes())
     model = re.sub(r"[^A-Za-z0-9_.-]", "_", config.model)[:40]  # a socket path has at most 107 bytes
