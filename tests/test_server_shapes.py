@@ -148,6 +148,34 @@ def test_gunicorn_preload_forked_workers_are_monitored(tmp_path):
         stop(process, run_dir)
 
 
+def test_gunicorn_one_reference_a_scripted_blur_and_its_bundle(tmp_path):
+    """Three workers feed one drift state: a blur on the camera is detected whichever worker
+    got which frames, and a webhook landing on any worker builds the bundle."""
+    from virk_exporter.incidents.webhook import make_alert_payload
+
+    port = free_port()
+    process, run_dir, log = start_service(gunicorn(port), tmp_path, f"http://127.0.0.1:{port}/-/ready", VIRK_TEST_SMALL="1")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        load(f"{base}/predict?camera=1", 40)  # 80 clean frames: the reference (32) and clean tests
+        wait_until(lambda: frames_total(f"{base}/metrics") == 80, 15, what="the clean frames")
+
+        def blur_detected() -> bool:
+            load(f"{base}/predict?camera=1&blur=1", 8)
+            text = httpx.get(f"{base}/metrics", timeout=5).text
+            return sample_value(text, "virk_drift_detected", model="shapes", fingerprint="blur") == 1
+
+        wait_until(blur_detected, 120, interval=0.2, what="the blur to be detected")
+        body = make_alert_payload("shapes", labels={"source": "default", "fingerprint": "blur"})
+        reply = httpx.post(f"{base}/api/v1/alerts", content=body, headers={"content-type": "application/json"}, timeout=30)
+        assert reply.status_code in (200, 202), reply.text
+        wait_until(lambda: list((tmp_path / "store").rglob("*.zip")), 60, what="the bundle in the store")
+        assert len(list((tmp_path / "store").rglob("*.zip"))) == 1
+        assert len(monitoring_workers(run_dir)) == 1
+    finally:
+        stop(process, run_dir)
+
+
 def test_uvicorn_two_workers_async_predict(tmp_path):
     port = free_port()
     argv = [sys.executable, "-m", "uvicorn", "--workers", "2", "--host", "127.0.0.1", "--port", str(port), "asgi_app:app"]

@@ -135,6 +135,13 @@ class Monitor:
     def cmd_alert(self, notification: Any) -> dict[str, str]:
         return self.analysis.handle_alert(notification)
 
+    def settle(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) for bundles being built, so a leaving process still gets
+        their spans. (Reads Analysis's incident manager: Analysis has no such call yet.)"""
+        incidents = getattr(self.analysis, "_incidents", None)
+        if incidents is not None:
+            incidents.wait_idle(timeout)
+
     def close(self) -> None:
         self.analysis.close()
 

@@ -81,6 +81,7 @@ class Worker:
         self.callers = CallerTotals()
         self.monitor: Any = None
         self.model: str | None = None  # from the first session's settings
+        self._last_requester: Session | None = None
         self._initialized = threading.Event()
         self._init_lock = threading.Lock()
         self._pipeline = threading.Lock()  # one batch at a time through the shared Monitor
@@ -198,6 +199,7 @@ class Worker:
             if item is None:  # it closed: everything it sent before is processed
                 if session.consumer.last_words is not None:
                     self.callers.update(session.number, session.consumer.last_words)
+                self.monitor.settle(self.monitor.config.close_timeout_s)  # bundles in flight, and their spans
                 break
             with self._pipeline:
                 record = self.monitor.process(*item)
@@ -218,8 +220,9 @@ class Worker:
         log.info("process %d detached (session %d)", session.pid, session.number)
 
     def send_span(self, record: Any) -> None:
-        """A span record goes to the process whose batch or request produced it."""
-        session = getattr(self._current, "session", None)
+        """A span record goes to the process whose batch or request produced it; from a
+        thread of the analysis's own (a bundle being built), to the last one that asked."""
+        session = getattr(self._current, "session", None) or self._last_requester
         if session is not None:
             session.send_event(record)
 
@@ -269,6 +272,7 @@ class Worker:
             with self._sessions_lock:
                 return sorted(s.pid for s in self._sessions.values())
         self._initialized.wait()
+        self._last_requester = session
         return self.monitor.command(command, *args)
 
     def _route_labels(self, sender: Session, frame_ids: list[int], labels: list[Any]) -> None:

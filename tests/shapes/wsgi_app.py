@@ -7,15 +7,34 @@ each worker. /metrics and /-/ready go to the exporter's WSGI app, the rest to Fl
 import logging
 import os
 
+import itertools
+
+import cv2
 import numpy as np
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 
 from virk_exporter import Exporter
 
-exporter = Exporter(model=os.environ["VIRK_TEST_MODEL"], store=os.environ["VIRK_STORE"], log_level=logging.INFO)  # the test reads the worker's exit line
+# Small windows, so a scripted blur is detected within a few hundred frames.
+SMALL = dict(reference_frames=32, window=32, test_every=16, hysteresis=1) if os.environ.get("VIRK_TEST_SMALL") else {}
+exporter = Exporter(model=os.environ["VIRK_TEST_MODEL"], store=os.environ["VIRK_STORE"], log_level=logging.INFO, **SMALL)  # the test reads the worker's exit line
 if os.environ.get("VIRK_TEST_SERVE_PORT"):  # in every process: the first binds, the others skip
     exporter.serve(port=int(os.environ["VIRK_TEST_SERVE_PORT"]))
 FRAMES = np.random.default_rng(0).integers(0, 256, (2, 48, 64, 3), dtype=np.uint8)
+_camera: np.ndarray | None = None
+_next = itertools.count()
+
+
+def camera_frames(blur: bool) -> np.ndarray:
+    """Two frames of a static camera (a real photograph), optionally out of focus."""
+    global _camera
+    if _camera is None:
+        from virk_exporter import photos
+
+        _camera = photos.camera_stream(photos.load("coffee"), 40, size=(120, 160), seed=1)
+    i = next(_next) % 20 * 2
+    frames = _camera[i : i + 2]
+    return np.stack([cv2.GaussianBlur(f, (0, 0), 3.0) for f in frames]) if blur else frames
 
 
 @exporter.monitor
@@ -28,11 +47,11 @@ flask_app = Flask(__name__)
 
 @flask_app.post("/predict")
 def serve_predict():
-    predict(FRAMES)
+    predict(camera_frames(request.args.get("blur") == "1") if "camera" in request.args else FRAMES)
     return jsonify(pid=os.getpid(), first_id=exporter.last_frame_ids().start)
 
 
 def app(environ, start_response):
-    if environ.get("PATH_INFO", "").startswith(("/metrics", "/-/")):
+    if environ.get("PATH_INFO", "").startswith(("/metrics", "/-/", "/api/v1/alerts", "/incidents/")):
         return exporter.wsgi_app(environ, start_response)
     return flask_app(environ, start_response)
