@@ -163,7 +163,9 @@ def test_gunicorn_one_reference_a_scripted_blur_and_its_bundle(tmp_path):
         def blur_detected() -> bool:
             load(f"{base}/predict?camera=1&blur=1", 8)
             text = httpx.get(f"{base}/metrics", timeout=5).text
-            return sample_value(text, "virk_drift_detected", model="shapes", fingerprint="blur") == 1
+            detected = {line for line in text.splitlines() if line.startswith("virk_drift_detected{") and line.endswith(" 1.0")}
+            assert not detected or any('fingerprint="blur"' in line for line in detected), detected
+            return bool(detected)
 
         wait_until(blur_detected, 120, interval=0.2, what="the blur to be detected")
         body = make_alert_payload("shapes", labels={"source": "default", "fingerprint": "blur"})

@@ -9,7 +9,6 @@ import os
 
 import itertools
 
-import cv2
 import numpy as np
 from flask import Flask, jsonify, request
 
@@ -21,20 +20,19 @@ exporter = Exporter(model=os.environ["VIRK_TEST_MODEL"], store=os.environ["VIRK_
 if os.environ.get("VIRK_TEST_SERVE_PORT"):  # in every process: the first binds, the others skip
     exporter.serve(port=int(os.environ["VIRK_TEST_SERVE_PORT"]))
 FRAMES = np.random.default_rng(0).integers(0, 256, (2, 48, 64, 3), dtype=np.uint8)
-_camera: np.ndarray | None = None
+_camera: dict[bool, np.ndarray] = {}
 _next = itertools.count()
 
 
 def camera_frames(blur: bool) -> np.ndarray:
     """Two frames of a static camera (a real photograph), optionally out of focus."""
-    global _camera
-    if _camera is None:
-        from virk_exporter import photos
+    if not _camera:
+        from virk_exporter import corruptions, photos
 
-        _camera = photos.camera_stream(photos.load("coffee"), 40, size=(120, 160), seed=1)
+        _camera[False] = photos.camera_stream(photos.load("coffee"), 40, size=(120, 160), seed=1)
+        _camera[True] = corruptions.apply("defocus_blur", _camera[False], 5, seed=1)
     i = next(_next) % 20 * 2
-    frames = _camera[i : i + 2]
-    return np.stack([cv2.GaussianBlur(f, (0, 0), 3.0) for f in frames]) if blur else frames
+    return _camera[blur][i : i + 2]
 
 
 @exporter.monitor
