@@ -477,7 +477,7 @@ class Exporter:
         # only the idle hand-off thread may declare a still-missing frame unknown.
         self._label_book.drain()
         self._worker.flush(timeout)
-        self._worker.post("counters", list(self.registry.collect()))  # our counts, seen by every process now
+        self._worker.request("counters", list(self.registry.collect()), timeout=timeout)  # answered: every process sees our counts now
         if self._tracer is not None:
             self._emit_worker_spans()
             force_flush()
