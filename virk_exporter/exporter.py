@@ -49,6 +49,7 @@ from virk_exporter.worker_handle import WorkerHandle
 log = logging.getLogger("virk_exporter")
 
 PUSH_COUNTS_S = 1.0
+SIBLINGS_TIMEOUT_S = 10.0
 COLLECT_TIMEOUT_S = 0.8  # a scrape answers within a second (the shipped scrape_timeout is 4 s)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -531,7 +532,8 @@ class Exporter:
     def _sibling_processes(self) -> list[int]:
         """Other processes attached to our worker (none when it cannot tell)."""
         try:
-            return [pid for pid in self._worker.request("sessions", timeout=COLLECT_TIMEOUT_S) if pid != os.getpid()]
+            # At start-up, when the worker may be busy importing its analysis: allow it time.
+            return [pid for pid in self._worker.request("sessions", timeout=SIBLINGS_TIMEOUT_S) if pid != os.getpid()]
         except Exception:  # noqa: BLE001 - then the port error is the user's to see
             return []
 
