@@ -12,6 +12,12 @@ instrumented web service has it (an SDK TracerProvider with a batch span process
 call inside the framework's request span, bare and decorated alike; the default puts the
 exporter's attributes on that span); and the same with ``span_per_call=True`` (a span of ours
 per call). The difference between a tracing row and the off row is what tracing adds.
+
+    .venv/bin/python benchmarks/overhead.py --processes 3 [--calls 500]
+
+measures the server shape instead: the Exporter is created, then the process forks N children
+(as ``gunicorn --preload`` does); each child re-attaches to the one shared monitoring worker
+and measures at once, tracing off. The worker's rate is over all processes' frames.
 """
 
 from __future__ import annotations
@@ -81,12 +87,54 @@ def sdk_span_cost(tracer, calls: int, wait_s: float) -> float:
     return percentiles(times_span)[0] - percentiles(times_bare)[0]
 
 
+def forked_processes(processes: int, calls: int, wait_s: float, console: Console) -> None:
+    """One Exporter, then ``processes`` forked children measuring at once (batch 1)."""
+    import multiprocessing
+
+    exporter = Exporter(model="overhead-forked", store="/tmp/virk-bench-store", sample=1.0)
+    exporter.wait_ready(120)
+    batch = np.random.default_rng(0).integers(0, 256, (1, 480, 640, 3), dtype=np.uint8)
+    before = exporter.request("status")["frames_processed"]
+    started = time.perf_counter()
+
+    def child(_: int) -> tuple[int, float, float, float, float]:
+        times_bare, times_decorated, _, _ = measure(exporter, batch, calls, wait_s)
+        exporter.close(timeout=30)
+        return (os.getpid(), *percentiles(times_bare), *percentiles(times_decorated))
+
+    global _CHILD
+    _CHILD = child
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        rows = pool.map(_run_child, range(processes), chunksize=1)
+    elapsed = time.perf_counter() - started
+    processed = exporter.request("status")["frames_processed"] - before
+    table = Table(title=f"forked server processes sharing one worker ({platform.machine()}, {os.cpu_count()} CPUs, {calls} calls each, batch 1)")
+    for column in ("process", "bare p50 µs", "decorated p50 µs", "added p50 µs", "bare p99 µs", "decorated p99 µs", "added p99 µs"):
+        table.add_column(column, justify="right")
+    for pid, b50, b99, d50, d99 in rows:
+        table.add_row(str(pid), f"{b50:.0f}", f"{d50:.0f}", f"{d50 - b50:.0f}", f"{b99:.0f}", f"{d99:.0f}", f"{d99 - b99:.0f}")
+    console.print(table)
+    console.print(f"worker: {processed / elapsed:.0f} frames/s over all {processes} processes ({processed} of {processes * (calls + 50)} frames)")
+    exporter.close(timeout=30)
+
+
+_CHILD = None
+
+
+def _run_child(i: int) -> tuple:
+    return _CHILD(i)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=1500, help="calls of each kind per batch size")
     parser.add_argument("--wait-ms", type=float, default=5.0)
+    parser.add_argument("--processes", type=int, default=1, help="N > 1: forked processes sharing one worker")
     args = parser.parse_args()
     console = Console()
+    if args.processes > 1:
+        forked_processes(args.processes, args.calls, args.wait_ms / 1000.0, console)
+        return
     rng = np.random.default_rng(0)
     frames = {b: rng.integers(0, 256, (b, 480, 640, 3), dtype=np.uint8) for b in (1, 8)}
     table = Table(title=f"@exporter.monitor overhead ({platform.machine()}, {os.cpu_count()} CPUs, {args.calls} calls each)")

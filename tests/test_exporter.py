@@ -299,8 +299,8 @@ def test_a_crashed_worker_is_replaced_and_predict_never_notices(tmp_path):
 
         predict(FRAME)
         exp.flush()
-        os.kill(exp._worker._process.pid, signal.SIGKILL)
-        exp._worker._process.wait(timeout=10)
+        os.kill(exp._worker.pid, signal.SIGKILL)
+        exp._worker._started.wait(timeout=10)
         assert [predict(FRAME) for _ in range(5)] == ["ok"] * 5
         exp._handoff.drain(10)
         assert exp.wait_ready(120), "a new worker should have started"

@@ -15,7 +15,8 @@ __all__ = ["Exporter", "FrameError", "__version__"]
 
 def __getattr__(name: str) -> Any:
     # Imported on first use, so `virk-exporter --help` and `import virk_exporter.metrics` do not
-    # pay for torch, OpenCV and SciPy.
+    # pay for torch, OpenCV and SciPy, and the monitoring worker (`python -m
+    # virk_exporter.worker`) listens on its socket before heavy imports.
     if name == "Exporter":
         from virk_exporter.exporter import Exporter
 

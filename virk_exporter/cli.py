@@ -95,8 +95,10 @@ def demo(duration: float, fps: float, host: str, port: int, store: str | None, s
     from rich.console import Console
 
     from virk_exporter.demo import run
+    from virk_exporter.lifecycle import sigterm_as_interrupt
     from virk_exporter.server import PortInUseError
 
+    sigterm_as_interrupt()  # the demo's finally drains and closes the exporter
     try:
         summary = run(duration=duration, fps=fps, host=host, port=port, store=store, seed=seed, console=Console(), self_page=self_page, cycle=cycle)
     except PortInUseError as problem:
@@ -123,9 +125,11 @@ def serve(frames_path: str, model: str, reference_path: str | None, store: str |
     from rich.console import Console
 
     from virk_exporter.exporter import Exporter
+    from virk_exporter.lifecycle import sigterm_as_interrupt
     from virk_exporter.reference import read_frames
     from virk_exporter.server import PortInUseError
 
+    sigterm_as_interrupt()  # drain and close on SIGTERM as on Ctrl-C
     frames = _frames_or_fail(read_frames, frames_path)
     exporter = Exporter(model=model, reference=reference_path, store=store, webhook_token=webhook_token, reference_period_s=reference_period_s)
     try:
@@ -133,6 +137,9 @@ def serve(frames_path: str, model: str, reference_path: str | None, store: str |
     except PortInUseError as problem:
         exporter.close()
         raise click.ClickException(str(problem)) from problem
+    if server is None:  # another process of this model serves the port (Exporter.serve)
+        exporter.close()
+        raise click.ClickException(f"{host}:{port} is already served by another virk-exporter process of model {model!r}")
     console = Console()
     console.print(f"serving {server.url}/metrics for model {model!r}; frames from {frames_path}")
     watch = exporter.monitor(source=lambda frames, source: source)(lambda frames, source: None)

@@ -9,19 +9,23 @@ its Python code never competes with the caller's threads for this process's GIL.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextlib
 import contextvars
 import functools
 import inspect
 import itertools
 import logging
+import multiprocessing.util
+import os
 import random
 import threading
 import time
 import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, AsyncIterator, Callable, Iterable, TypeVar
 
 import numpy as np
 from opentelemetry import trace
@@ -36,10 +40,16 @@ from virk_exporter.labels import RAISED, LabelBook
 from virk_exporter.metrics import CallerMetrics, merge_families
 from virk_exporter.outputs import output_rows, output_summary, to_numpy
 from virk_exporter.slices import tags_per_frame
+from virk_exporter.totals import combine
 from virk_exporter.tracing import call_span, emit, force_flush, hex_ids, resolve_tracer
+from virk_exporter.transport import SESSION_BITS, Arrays, BatchInfo, ForwardedLabels
 from virk_exporter.worker_handle import WorkerHandle
 
 log = logging.getLogger("virk_exporter")
+
+PUSH_COUNTS_S = 1.0
+SIBLINGS_TIMEOUT_S = 10.0
+COLLECT_TIMEOUT_S = 0.8  # a scrape answers within a second (the shipped scrape_timeout is 4 s)
 
 F = TypeVar("F", bound=Callable[..., Any])
 _NO_SPAN = nullcontext()  # yields None: the call has no span of ours
@@ -78,35 +88,73 @@ class Exporter:
         options.setdefault("log_level", log.getEffectiveLevel())
         self.config = ExporterConfig(model=model, **options)
         self.model = self.config.model
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.metrics = CallerMetrics(self.registry)
-        self.metrics.start_at_zero(self.model)
         self._worker = WorkerHandle(self.config, reference_frames, on_restart=lambda why: self._count_error("worker", RuntimeError(why)))
+        self._worker.on_attached = self._on_attached
         self._copy_on_call = copy_on_call
-        self._duration = self.metrics.predict_duration.labels(model)
+        self._label_settings = (label_memory, label_window)
         self._tracer: Any = None
         self._tracing_resolved = False
         self._tracer_provider, self._span_per_call = tracer_provider, span_per_call  # see tracing.call_span
-        # Late labels (labels.py): the prediction ledger, kept on the hand-off thread.
-        self._label_book = LabelBook(
-            self.model, self.metrics.labels_total, self.metrics.label_accuracy, lambda: self._next_id, label_memory, label_window, self._count_error
-        )
         self._frame_ids: contextvars.ContextVar[range] = contextvars.ContextVar(f"virk_frame_ids_{id(self)}", default=range(0))
-        self._handoff = Handoff(self._account, self._count_error, self.config.queue_batches, idle=self._idle)
-        self.metrics.queue_depth.labels(model).set_function(lambda: self._handoff.pending + self._worker.depth())
+        self._servers: list[Any] = []
+        self.store = None  # opened lazily by the incident routes (caller's process)
+        self._closed = False
+        self._fresh_state()
+        _LIVE.add(self)
+        multiprocessing.util.register_after_fork(self, _drain_at_multiprocessing_exit)
+        if start:
+            self._worker.start()
+            # Drain and leave the worker at interpreter exit if the application never called close().
+            atexit.register(_close_if_alive, weakref.ref(self))
+
+    def _fresh_state(self) -> None:
+        """This process's own counters, ledger, id range and hand-off thread (again after a fork)."""
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.metrics = CallerMetrics(self.registry)
+        self.metrics.start_at_zero(self.model)
+        self._duration = self.metrics.predict_duration.labels(self.model)
         self._id_lock = threading.Lock()
-        self._next_id = 0
+        self._id_base = self._next_id = 0
+        # Late labels (labels.py): the prediction ledger, kept on the hand-off thread.
+        memory, window = self._label_settings
+        self._label_book = LabelBook(
+            self.model, self.metrics.labels_total, self.metrics.label_accuracy, self._issued_ids, memory, window, self._count_error,
+            owns=lambda frame_id: frame_id >> SESSION_BITS == self._id_base >> SESSION_BITS,
+            forward=lambda ids, labels: self._worker.post("labels", ids, labels),
+        )
         self._every_n = itertools.count()
         self._labels: set[str] = set()
         self._counters: dict[str, tuple[Any, Any]] = {}
         self._logged: set[str] = set()
-        self._servers: list[Any] = []
-        self.store = None  # opened lazily by the incident routes (caller's process)
-        self._closed = False
-        if start:
-            self._worker.start()
-            # Drain and stop the worker at interpreter exit if the application never called close().
-            atexit.register(_close_if_alive, weakref.ref(self))
+        self._others: list[Metric] = []  # the other processes' caller-side families, as last seen
+        self._worker_families: list[Metric] = []
+        self._pushed_at = 0.0
+        self._handoff = Handoff(self._account, self._count_error, self.config.queue_batches, idle=self._idle)
+        self.metrics.queue_depth.labels(self.model).set_function(lambda: self._handoff.pending + self._worker.depth())
+
+    def _on_attached(self, attached: Any) -> None:
+        """Frame ids are unique across the processes sharing a worker: the session number is their high bits."""
+        with self._id_lock:
+            base = attached.session << SESSION_BITS
+            if base != self._id_base:
+                self._id_base = self._next_id = base
+
+    def _issued_ids(self) -> range:
+        return range(self._id_base, self._next_id)
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child (gunicorn --preload, os.fork, a fork-start pool): the parent's threads
+        are gone and its connections are the parent's. Start over as a process of our own:
+        own counters and hand-off thread, attached to the shared worker as a new session."""
+        attached = self._worker.attached is not None or self._worker.wanted
+        self._worker.forget_after_fork()
+        for server in self._servers:  # the parent serves; its thread is not here to shut down
+            server.close_inherited()
+        self._servers = []
+        self._fresh_state()
+        if self._closed or not attached:
+            return
+        self._worker.start()
 
     # ----------------------------------------------------------------- decorator
     def monitor(
@@ -276,37 +324,35 @@ class Exporter:
         if batch.shape[0] != call.n:
             raise frame_io.FrameError(f"a list of frames of different shapes: expected {call.n} frames")
         outputs = output_rows(call.result, call.n)
-        feature_columns = 0
-        if call.features is not None:
-            features = self._feature_rows(call.features, call.n)
-            if features is not None:
-                feature_columns = features.shape[1]
-                outputs = features if outputs is None else np.concatenate([outputs, features], axis=1)
+        features = self._feature_rows(call.features, call.n) if call.features is not None else None
         if len(chosen) != call.n:
             batch = batch[chosen]
             outputs = outputs[chosen] if outputs is not None else None
-        meta = {
-            "frame_ids": [call.first_id + i for i in chosen],
-            "sources": [sources[i] for i in chosen],
-            "timestamp": call.timestamp,
-            "color": call.target.options["color"],
-            "channels_first": captured.channels_first,
-            "trace_id": trace_id,
-            "span_id": span_id,
-            "output": output_summary(call.result, call.error),
-        }
-        if feature_columns:
-            meta["feature_columns"] = feature_columns  # the last columns of `outputs` (monitor.py splits them)
-        if call.target.options["tags"] is not None:
-            meta["tags"] = self._tags_of(call, chosen)
-        reason = self._worker.put(batch, outputs, meta)
+            features = features[chosen] if features is not None else None
+        info = BatchInfo(
+            frame_ids=[call.first_id + i for i in chosen],
+            sources=[sources[i] for i in chosen],
+            timestamp=call.timestamp,
+            color=call.target.options["color"],
+            channels_first=captured.channels_first,
+            trace_id=trace_id,
+            span_id=span_id,
+            output=output_summary(call.result, call.error),
+            tags=self._tags_of(call, chosen) if call.target.options["tags"] is not None else None,
+        )
+        reason = self._worker.put(Arrays(batch, outputs, features), info)
         if reason is not None:
             self._count_drop(reason, len(chosen))
 
     def _idle(self) -> None:
-        """The hand-off thread has nothing queued: score waiting labels, emit the worker's spans."""
+        """The hand-off thread has nothing queued: score waiting labels, emit the worker's spans,
+        and (about once a second) tell the shared worker this process's counts (totals.py)."""
         self._label_book.drain(final=lambda: self._handoff.pending == 0)
         self._emit_worker_spans()
+        now = time.monotonic()
+        if now - self._pushed_at >= PUSH_COUNTS_S and self._worker.ready:
+            self._pushed_at = now
+            self._worker.try_post("counters", list(self.registry.collect()))
 
     def _tags_of(self, call: "_Call", chosen: list[int]) -> list[dict[str, str]]:
         """The sampled frames' tags (hand-off thread); a failing tags() is counted, frames go on untagged."""
@@ -332,9 +378,15 @@ class Exporter:
             return None
 
     def _emit_worker_spans(self) -> None:
-        """Turn the worker's span records into spans (hand-off thread, between calls)."""
+        """Turn the worker's span records into spans, and score labels other processes
+        forwarded to us (hand-off thread, between calls)."""
         for record in self._worker.span_records():
-            if self._tracer is not None:
+            if isinstance(record, ForwardedLabels):
+                if record.outcome is not None:
+                    self._label_book.count_unscorable(len(record.frame_ids), record.outcome)
+                else:
+                    self._label_book.submit(record.frame_ids, record.labels)
+            elif self._tracer is not None:
                 emit(self._tracer, record)
 
     def _sources_of(self, source_fn, signature, frames, args, kwargs, n: int) -> list[str]:
@@ -421,12 +473,14 @@ class Exporter:
         return self._worker.request(command, *args, timeout=timeout)
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait until the worker has processed everything sent so far (and export its spans)."""
+        """Wait until the worker has processed everything sent so far (and export its spans);
+        this process's counts are then part of every process's /metrics."""
         self._handoff.drain(timeout)
         # Labels queued so far are scored now (their calls were accounted before the marker);
         # only the idle hand-off thread may declare a still-missing frame unknown.
         self._label_book.drain()
         self._worker.flush(timeout)
+        self._worker.request("counters", list(self.registry.collect()), timeout=timeout)  # answered: every process sees our counts now
         if self._tracer is not None:
             self._emit_worker_spans()
             force_flush(self._tracer_provider)
@@ -444,13 +498,17 @@ class Exporter:
         self._worker.post("alert", notification)
 
     def collect(self) -> list[Metric]:
-        """All metric families of this exporter: the caller's and the worker's."""
-        worker_families: list[Metric] = []
-        try:
-            worker_families = self._worker.request("collect", timeout=5.0) if self._worker.alive else []
-        except Exception as problem:  # noqa: BLE001 - a scrape must still answer
-            self._count_error("worker", problem)
-        return merge_families(self.registry.collect(), worker_families)
+        """All metric families: this process's, the other processes' caller-side counts and the
+        shared worker's. Answers within about a second even while the worker starts or stalls
+        (then with the other processes' counts as last seen, so no counter goes backwards)."""
+        local = list(self.registry.collect())
+        if self._worker.ready:
+            try:
+                self._worker_families, self._others = self._worker.request("collect", local, timeout=COLLECT_TIMEOUT_S)
+            except Exception as problem:  # noqa: BLE001 - a scrape must still answer
+                self._count_error("worker", problem)
+                local = list(self.registry.collect())  # with the error counted
+        return merge_families(combine([local, self._others]), self._worker_families)
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """What /metrics serves for this Accept header: (body, content type). OpenMetrics
@@ -464,12 +522,31 @@ class Exporter:
 
     # ----------------------------------------------------------------- HTTP
     def serve(self, host: str = "127.0.0.1", port: int = 10098) -> Any:
-        """Serve /metrics, /-/healthy, /-/ready, /api/v1/alerts and /incidents/ in a thread."""
-        from virk_exporter.server import serve
+        """Serve /metrics, /-/healthy, /-/ready, /api/v1/alerts and /incidents/ in a thread.
 
-        server = serve(self, host, port)
+        In a server with several processes sharing one worker, the first to call this binds
+        the port; the others log that and return None (any process's /metrics shows them all).
+        """
+        from virk_exporter.server import PortInUseError, serve
+
+        try:
+            server = serve(self, host, port)
+        except PortInUseError:
+            siblings = self._sibling_processes()
+            if not siblings:
+                raise
+            log.info("virk-exporter: %s:%d is served by another process of this server (pids %s); not serving from %d", host, port, siblings, os.getpid())
+            return None
         self._servers.append(server)
         return server
+
+    def _sibling_processes(self) -> list[int]:
+        """Other processes attached to our worker (none when it cannot tell)."""
+        try:
+            # At start-up, when the worker may be busy importing its analysis: allow it time.
+            return [pid for pid in self._worker.request("sessions", timeout=SIBLINGS_TIMEOUT_S) if pid != os.getpid()]
+        except Exception:  # noqa: BLE001 - then the port error is the user's to see
+            return []
 
     @property
     def wsgi_app(self) -> Callable:
@@ -485,17 +562,26 @@ class Exporter:
 
     # ----------------------------------------------------------------- lifecycle
     def close(self, timeout: float | None = None) -> None:
-        """Drain the pipeline (up to ``timeout`` seconds), stop the worker and the server."""
+        """Drain the pipeline (up to ``timeout`` seconds, default ``close_timeout_s``), stop the
+        server and leave the shared worker (which exits when its last process has left)."""
         if self._closed:
             return
         self._closed = True
         for server in self._servers:
             server.shutdown()
-        self._handoff.close(self.config.close_timeout_s if timeout is None else timeout)
-        self._worker.close(self.config.close_timeout_s if timeout is None else timeout)
+        deadline = time.monotonic() + (self.config.close_timeout_s if timeout is None else timeout)
+        self._handoff.close(max(0.0, deadline - time.monotonic()))
+        self._worker.close(max(0.0, deadline - time.monotonic()), last_words=lambda: list(self.registry.collect()))
         if self._tracer is not None:
             self._emit_worker_spans()
             force_flush(self._tracer_provider)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any) -> AsyncIterator[None]:
+        """An ASGI lifespan (``Starlette(lifespan=exporter.lifespan)``, ``FastAPI(lifespan=...)``):
+        uvicorn runs its end on SIGTERM before it exits, where atexit handlers do not run."""
+        yield
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
 
     def __enter__(self) -> "Exporter":
         return self
@@ -539,6 +625,26 @@ def _close_if_alive(ref: "weakref.ref[Exporter]") -> None:
     exporter = ref()
     if exporter is not None:
         exporter.close()
+
+
+def _drain_at_multiprocessing_exit(exporter: Exporter) -> None:
+    """In a multiprocessing child (e.g. a fork-start Pool's worker): it ends with os._exit
+    after running multiprocessing's finalizers, not atexit handlers; drain there."""
+    multiprocessing.util.Finalize(exporter, _close_if_alive, args=(weakref.ref(exporter),), exitpriority=10)
+
+
+_LIVE: "weakref.WeakSet[Exporter]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for exporter in list(_LIVE):
+        try:
+            exporter._after_fork_in_child()
+        except Exception as problem:  # noqa: BLE001 - a fork must never fail because of monitoring
+            exporter._count_error("worker", problem)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _checked_reference(path: Any) -> str:

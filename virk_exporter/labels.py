@@ -4,7 +4,9 @@ Where it lives, and why: in the **caller's process**, on the hand-off thread. La
 the caller's process (``exporter.record_label``), and the hand-off thread already sees every
 call's result, so it keeps a compact *prediction ledger* of every frame — sampled or not — and
 scores labels against it. The worker's flight recorder is the wrong place: it holds only sampled
-frames, evicts them by bytes within minutes, and would need a round trip per label.
+frames, evicts them by bytes within minutes, and would need a round trip per label. With
+several processes sharing a worker, each keeps the ledger of the frames it issued; a label
+recorded in another process is forwarded to it through the worker (``owns``/``forward``).
 
 * The ledger is a ring indexed by ``frame_id % capacity``: frame id, source, and the predicted
   value (as a small integer code), ~15 bytes a frame (``label_memory`` frames, default 2**20,
@@ -86,20 +88,26 @@ class LabelBook:
         model: str,
         labels_total: Any,
         accuracy: Any,
-        issued: Callable[[], int],
+        issued: Callable[[], range],
         capacity: int = 1 << 20,
         window: int = 500,
         on_error: Callable[[str, BaseException], None] | None = None,
+        owns: Callable[[int], bool] | None = None,
+        forward: Callable[[list[int], list[Any]], None] | None = None,
     ) -> None:
         if capacity <= 0 or window <= 0:
             raise ValueError("label_memory and label_window must be positive")
         self.model = model
         self._labels_total = labels_total
         self._accuracy = accuracy
-        self._issued = issued  # the next frame id the exporter will issue
+        self._issued = issued  # the frame ids this process has issued so far
         self.capacity = int(capacity)
         self.window = int(window)
         self._on_error = on_error
+        # Several processes share frame ids (exporter.py): a label for a frame another process
+        # issued is forwarded to it (through the shared worker) and scored there.
+        self._owns = owns
+        self._forward = forward
         self._incoming: deque = deque()  # (frame_ids, labels, submitted_at) from any thread
         self._records: deque = deque()  # (first_id, sources, result, predicted) of accounted calls
         self._pending: list[tuple[int, Any, float]] = []
@@ -197,7 +205,12 @@ class LabelBook:
             for frame_ids, labels, submitted in items:
                 work.extend((frame_id, label, submitted) for frame_id, label in zip(frame_ids, labels))
             touched: set[str] = set()
+            foreign: tuple[list[int], list[Any]] = ([], [])
             for frame_id, label, submitted in work:
+                if self._forward is not None and self._foreign(frame_id):
+                    foreign[0].append(int(frame_id))
+                    foreign[1].append(label)
+                    continue
                 outcome, source = self._score(frame_id, label, settled or now - submitted > PENDING_S)
                 if outcome is None:
                     if len(self._pending) < MAX_PENDING:
@@ -211,13 +224,27 @@ class LabelBook:
             for source in touched:
                 recent = self._recent[source]
                 self._accuracy.labels(self.model, source).set(self._correct_in_window[source] / len(recent))
+        if foreign[0]:
+            self._forward(*foreign)
+
+    def _foreign(self, frame_id: Any) -> bool:
+        try:
+            frame_id = int(frame_id)
+        except (TypeError, ValueError):
+            return False  # not an id at all: scored (as unknown) here
+        return frame_id >= 0 and not self._owns(frame_id)
+
+    def count_unscorable(self, n: int, outcome: str) -> None:
+        """Labels another process could not route to a ledger (``expired`` or ``unknown``)."""
+        for _ in range(n):
+            self._count(UNKNOWN_SOURCE, outcome)
 
     def _score(self, frame_id: Any, label: Any, settled: bool) -> tuple[str | None, str]:
         try:
             frame_id = int(frame_id)
         except (TypeError, ValueError):
             return "unknown", UNKNOWN_SOURCE
-        if frame_id < 0 or frame_id >= self._issued():
+        if frame_id not in self._issued():
             return "unknown", UNKNOWN_SOURCE
         if self._ids is None:
             return (None, "") if not settled else ("unknown", UNKNOWN_SOURCE)

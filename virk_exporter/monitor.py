@@ -15,7 +15,7 @@ from virk_exporter.config import ExporterConfig
 from virk_exporter.metrics import WorkerMetrics
 from virk_exporter.recorder import FlightRecorder, RecordedFrame, encode_frame
 from virk_exporter.tracing import SpanRecord, SpanRecorder
-from virk_exporter.transport import BatchMessage
+from virk_exporter.transport import Arrays, BatchInfo
 
 log = logging.getLogger("virk_exporter.worker")
 
@@ -63,38 +63,38 @@ class Monitor:
         finally:
             self.metrics.stage_seconds.labels(self.model, name).observe(time.perf_counter() - started)
 
-    def process(self, message: BatchMessage, frames: np.ndarray, outputs: np.ndarray | None) -> SpanRecord | None:
+    def process(self, info: BatchInfo, arrays: Arrays) -> SpanRecord | None:
         """Analyse one batch; returns its span record when tracing is on."""
-        meta = message.meta
-        links = [(meta["trace_id"], meta["span_id"])] if meta.get("trace_id") else []
+        links = [(info.trace_id, info.span_id)] if info.trace_id else []
         self.spans.begin(
             "virk.monitor",
-            {"virk.model": self.model, "virk.source": sorted(set(meta["sources"])), "virk.frame_ids": list(meta["frame_ids"])},
+            {"virk.model": self.model, "virk.source": sorted(set(info.sources)), "virk.frame_ids": list(info.frame_ids)},
             links,
         )
-        outputs, features = _split_features(outputs, int(meta.get("feature_columns") or 0))
-        tags = meta.get("tags") or [{}] * len(meta["frame_ids"])
+        tags = info.tags or [{}] * len(info.frame_ids)
         try:
             with self.stage("normalize"):
-                rgb = frame_io.normalize(frame_io.Captured(frames, meta["channels_first"]), meta["color"])
+                rgb = frame_io.normalize(frame_io.Captured(arrays.frames, info.channels_first), info.color)
             with self.stage("record"):
                 recorded = [
                     RecordedFrame(
                         frame_id=int(frame_id),
-                        timestamp=float(meta["timestamp"]),
+                        timestamp=float(info.timestamp),
                         source=source,
                         encoded=encode_frame(frame, self.config.record_format, self.config.jpeg_quality),
                         format=self.config.record_format,
                         shape=tuple(frame.shape),
-                        trace_id=meta.get("trace_id"),
-                        span_id=meta.get("span_id"),
-                        output=_per_frame_output(meta.get("output"), outputs, i),
+                        trace_id=info.trace_id,
+                        span_id=info.span_id,
+                        output=_per_frame_output(info.output, arrays.outputs, i),
                         tags=tags[i],
                     )
-                    for i, (frame_id, source, frame) in enumerate(zip(meta["frame_ids"], meta["sources"], rgb))
+                    for i, (frame_id, source, frame) in enumerate(zip(info.frame_ids, info.sources, rgb))
                 ]
+            features = arrays.features if self.config.embedder == "features" else arrays.outputs
             with self.lock:
-                self.analysis.process(self, rgb, features if self.config.embedder == "features" else outputs, recorded, meta)
+                # Analysis reads the batch's sources by key (its interface, kept while it changes).
+                self.analysis.process(self, rgb, features, recorded, {"sources": info.sources})
                 for frame in recorded:
                     self.recorder.add(frame)
                 self.frames_processed += len(recorded)
@@ -139,16 +139,15 @@ class Monitor:
     def cmd_alert(self, notification: Any) -> dict[str, str]:
         return self.analysis.handle_alert(notification)
 
+    def settle(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) for bundles being built, so a leaving process still gets
+        their spans. (Reads Analysis's incident manager: Analysis has no such call yet.)"""
+        incidents = getattr(self.analysis, "_incidents", None)
+        if incidents is not None:
+            incidents.wait_idle(timeout)
+
     def close(self) -> None:
         self.analysis.close()
-
-
-def _split_features(outputs: np.ndarray | None, columns: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """``monitor(features=...)`` rows travel as the last ``columns`` columns of the outputs."""
-    if outputs is None or columns <= 0:
-        return outputs, None
-    scores = outputs[:, :-columns]
-    return (scores if scores.shape[1] else None), outputs[:, -columns:]
 
 
 def _per_frame_output(summary: dict[str, Any] | None, outputs: np.ndarray | None, index: int) -> dict[str, Any] | None:

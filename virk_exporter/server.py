@@ -270,6 +270,10 @@ class ExporterServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    def close_inherited(self) -> None:
+        """In a forked child: close our copy of the listening socket; the parent goes on serving."""
+        self._httpd.socket.close()
+
     def shutdown(self) -> None:
         def close_all() -> None:  # on the server's own thread: its loop ends once the map is empty
             for dispatcher in list(self._server._map.values()):

@@ -16,12 +16,13 @@ import os
 import socket
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 
+SESSION_BITS = 40  # frame id = session number << 40 | the count of its process
 _HEADER = 64  # uint64 counters the worker writes: bytes consumed, batches consumed, ready flag
 _ALIGN = 64
 
@@ -80,14 +81,43 @@ class Slot:
     dtype: str
 
 
-@dataclass
+@dataclass(frozen=True)
+class BatchInfo:
+    """What the caller's process says about one decorated call's sampled frames.
+
+    Built on the hand-off thread (``exporter.py``), read by the worker (``monitor.py``): every
+    field is named here, so a typo fails in the process that makes it.
+    """
+
+    frame_ids: list[int]
+    sources: list[str]
+    timestamp: float  # wall-clock time of the call
+    color: str  # "rgb" or "bgr": the channel order of the frames
+    channels_first: bool  # the frames are [N, C, H, W]
+    trace_id: str | None = None  # the call's span, when tracing is on
+    span_id: str | None = None
+    output: dict[str, Any] | None = None  # a short summary of predict's result (type, shape)
+    tags: list[dict[str, str]] | None = None  # one dict per frame (monitor(tags=...))
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """A batch's arrays on the caller's side: pixels, predict's score rows, monitor(features=...) rows."""
+
+    frames: np.ndarray
+    outputs: np.ndarray | None = None
+    features: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
 class BatchMessage:
-    """What the worker receives for one decorated call (pixels stay in the arena)."""
+    """What goes over the socket for one batch: where its arrays lie in the arena, and its info."""
 
     frames: Slot
     outputs: Slot | None
+    features: Slot | None
     end: int  # monotonic arena position after this batch: the worker releases up to here
-    meta: dict[str, Any] = field(default_factory=dict)
+    info: BatchInfo
 
 
 def socket_pair() -> tuple[Connection, socket.socket]:
@@ -117,9 +147,10 @@ class FrameProducer:
         """Batches announced and not yet consumed by the worker."""
         return self._sent - int(self.arena.counters[1])
 
-    def try_put(self, frames: np.ndarray, outputs: np.ndarray | None, meta: dict[str, Any]) -> str | None:
+    def try_put(self, arrays: Arrays, info: BatchInfo) -> str | None:
         """Copy a batch into the arena and announce it. Returns None, or the reason for a drop."""
-        need = _aligned(frames.nbytes) + (_aligned(outputs.nbytes) if outputs is not None else 0)
+        parts = (arrays.frames, arrays.outputs, arrays.features)
+        need = sum(_aligned(a.nbytes) for a in parts if a is not None)
         capacity = self.arena.capacity
         if need > capacity // 4:
             return "batch_too_large"
@@ -133,10 +164,12 @@ class FrameProducer:
                 position = 0
             if start + need - int(self.arena.counters[0]) > capacity:
                 return "queue_full"
-            frame_slot = self._copy_in(frames, position)
-            output_slot = self._copy_in(outputs, position + _aligned(frames.nbytes)) if outputs is not None else None
+            slots = []
+            for array in parts:
+                slots.append(self._copy_in(array, position) if array is not None else None)
+                position += _aligned(array.nbytes) if array is not None else 0
             self._written = start + need
-            message = BatchMessage(frame_slot, output_slot, self._written, meta)
+            message = BatchMessage(*slots, end=self._written, info=info)
             try:
                 self.connection.send(message)
             except OSError:
@@ -149,9 +182,30 @@ class FrameProducer:
         np.copyto(target, array, casting="no")
         return Slot(position, tuple(array.shape), array.dtype.str)
 
-    def send_close(self) -> None:
+    def send_close(self, last_words: Any = None) -> None:
+        """The last message: after the batches before it, ``last_words`` (our final counts)."""
         with self._lock:
-            self.connection.send(None)
+            self.connection.send(Closing(last_words))
+
+
+@dataclass(frozen=True)
+class ForwardedLabels:
+    """Labels for frames a process issued, recorded in another process (worker to issuer).
+
+    ``outcome`` set: sent back to the process that recorded them, to count as ``expired`` (the
+    issuing process has gone, with its ledger) or ``unknown`` (no process had that id).
+    """
+
+    frame_ids: list[int]
+    labels: list[Any]
+    outcome: str | None = None
+
+
+@dataclass(frozen=True)
+class Closing:
+    """The caller's process is leaving; everything it sent before has arrived."""
+
+    last_words: Any = None
 
 
 class FrameConsumer:
@@ -160,19 +214,22 @@ class FrameConsumer:
     def __init__(self, arena: Arena, connection: Connection) -> None:
         self.arena = arena
         self.connection = connection
+        self.last_words: Any = None  # what the caller sent with its Closing
 
-    def receive(self) -> tuple[BatchMessage, np.ndarray, np.ndarray | None] | None:
-        """The next batch (frames and outputs copied out of the arena), or None at close."""
+    def receive(self) -> tuple[BatchInfo, Arrays] | None:
+        """The next batch (its arrays copied out of the arena), or None at close."""
         message = self.connection.recv()
-        if message is None:
+        if isinstance(message, Closing):
+            self.last_words = message.last_words
             return None
-        frames = self._copy_out(message.frames)
-        outputs = self._copy_out(message.outputs) if message.outputs is not None else None
+        arrays = Arrays(self._copy_out(message.frames), self._copy_out(message.outputs), self._copy_out(message.features))
         self.arena.counters[0] = message.end
         self.arena.counters[1] += 1
-        return message, frames, outputs
+        return message.info, arrays
 
-    def _copy_out(self, slot: Slot) -> np.ndarray:
+    def _copy_out(self, slot: Slot | None) -> np.ndarray | None:
+        if slot is None:
+            return None
         dtype = np.dtype(slot.dtype)
         count = int(np.prod(slot.shape)) * dtype.itemsize
         return self.arena.data[slot.offset : slot.offset + count].view(dtype).reshape(slot.shape).copy()

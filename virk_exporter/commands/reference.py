@@ -63,7 +63,7 @@ def show(path: str) -> None:
 
 
 @reference.command("rebase")
-@click.option("--url", required=True, help="The exporter's base URL, e.g. http://127.0.0.1:9400.")
+@click.option("--url", required=True, help="The exporter's base URL, e.g. http://127.0.0.1:10098.")
 @click.option("--source", default=None, help="The source (camera) to rebase; default: every source.")
 @click.option("--token", envvar="VIRK_WEBHOOK_TOKEN", help="The exporter's webhook token ($VIRK_WEBHOOK_TOKEN).")
 def rebase(url: str, source: str | None, token: str | None) -> None:
