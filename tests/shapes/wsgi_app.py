@@ -15,7 +15,7 @@ from flask import Flask, jsonify, request
 from virk_exporter import Exporter
 
 # Small windows, so a scripted blur is detected within a few hundred frames.
-SMALL = dict(reference_frames=32, window=32, test_every=16, hysteresis=1) if os.environ.get("VIRK_TEST_SMALL") else {}
+SMALL = dict(reference_period_s=0, reference_frames=32, window=32, test_every=16, hysteresis=1) if os.environ.get("VIRK_TEST_SMALL") else {}
 exporter = Exporter(model=os.environ["VIRK_TEST_MODEL"], store=os.environ["VIRK_STORE"], log_level=logging.INFO, **SMALL)  # the test reads the worker's exit line
 if os.environ.get("VIRK_TEST_SERVE_PORT"):  # in every process: the first binds, the others skip
     exporter.serve(port=int(os.environ["VIRK_TEST_SERVE_PORT"]))
