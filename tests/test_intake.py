@@ -98,14 +98,14 @@ def test_an_accepted_alert_survives_kill_9_of_the_worker(tmp_path):
     server = exporter.serve(port=0)
     try:
         assert exporter.wait_ready(120)
-        pid = exporter._worker._process.pid  # noqa: SLF001 - the test needs the real process to kill
+        pid = exporter._worker._started.pid  # noqa: SLF001 - the test needs the real process to kill
         os.kill(pid, signal.SIGSTOP)  # frozen: it cannot build before it dies
         body = make_alert_payload(MODEL, fingerprint="feedfacecafe0001", starts_at=datetime.now(timezone.utc) - timedelta(seconds=5))
         request = urllib.request.Request(f"{server.url}/api/v1/alerts", data=body, method="POST", headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 202
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: exporter._worker._process.poll() is not None, timeout=10, what="the worker to die")  # noqa: SLF001
+        wait_until(lambda: exporter._worker._started.poll() is not None, timeout=10, what="the worker to die")  # noqa: SLF001
 
         @exporter.monitor
         def predict(frames):

@@ -114,7 +114,7 @@ def test_drift_alert_labels_and_annotations():
         url = rule["annotations"]["runbook_url"]
         assert url.split("#")[0].endswith("/docs/runbook.md") and url.split("#")[1] == name.lower(), name
         assert name.lower() in anchors, f"docs/runbook.md has no section '## {name}'"
-    # Every cause of the vocabulary (DESIGN.md) gets words in the annotation.
+    # Every cause of the vocabulary (docs/design.md) gets words in the annotation.
     for cause in ("blur", "noise", "brightness", "contrast", "color_shift", "weather", "glare", "compression",
                   "resolution", "camera_shift", "occlusion", "frozen"):
         assert f'eq $labels.fingerprint "{cause}"' in drift["annotations"]["cause_description"], cause

@@ -1,7 +1,7 @@
 """Seeded corruption generators for every root cause, at severities 1 (subtle) to 5 (severe).
 
 Each entry of :data:`CORRUPTIONS` names the cause label it should be diagnosed as (the closed
-vocabulary in DESIGN.md) and a sub-kind. :func:`apply` corrupts a window of frames
+vocabulary in docs/design.md) and a sub-kind. :func:`apply` corrupts a window of frames
 (N, H, W, 3) uint8 RGB. Anything that belongs to the scene or the camera (occluder position,
 glare spot, shift, colour gains, fog map) is drawn once per window, like a real incident;
 anything that changes per frame in reality (rain, snow, noise) is drawn per frame.

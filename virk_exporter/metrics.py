@@ -1,4 +1,4 @@
-"""Prometheus metric families (names as in DESIGN.md: dashboards and rules depend on them).
+"""Prometheus metric families (names as in docs/design.md and the README: dashboards and rules depend on them).
 
 The exporter runs in two processes. The caller's process owns the families it can fill on
 the caller's thread (:class:`CallerMetrics`); the monitoring worker owns the rest

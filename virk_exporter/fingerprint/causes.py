@@ -60,7 +60,8 @@ MIN_LOCAL_LEVELS = 25.0  # gray levels a grid cell must move beyond the global g
 MIN_BRIGHTNESS_LEVELS = 8.0  # change of mean gray level for an exposure change
 MIN_CAST = 0.04  # change of log channel-spread ratio (about a 4% white-balance gain)
 MIN_SATURATION_LEVELS = 8.0  # rise of mean HSV saturation (0..255) for an over-saturated colour
-GLARE_ASYMMETRY = 2.0  # a glare region brightens at least this many times more than any darkens
+GLARE_ASYMMETRY = 2.0
+STEADY_SPREAD = 0.5  # interquartile range of a geometric property, relative to its median, for a fault that stays put  # a glare region brightens at least this many times more than any darkens
 CAST_UNIT = 0.01  # colour-shift strength: log1p(change / CAST_UNIT)
 IMPULSE_UNIT = 0.0005  # impulse-noise strength: log1p(share of impulse pixels / IMPULSE_UNIT)
 FROZEN_FRACTION = 0.1  # share of exactly repeated frames that makes a feed frozen
@@ -138,9 +139,20 @@ def _frozen(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[
     return (10.0 + 10.0 * repeated if repeated >= FROZEN_FRACTION else 0.0), f"{repeated:.0%} repeated frames", ("frame_diff",)
 
 
+def _steady(cur: dict[str, np.ndarray], name: str) -> bool:
+    """The property holds still across the window: a bumped camera or a stuck occluder stays
+    put, while moving content (a head in a car, traffic) moves these properties frame to frame."""
+    values = cur.get(name, np.empty(0))
+    values = values[np.isfinite(values)]
+    if values.size < 4:
+        return True
+    low, mid, high = np.quantile(values, (0.25, 0.5, 0.75))
+    return bool(high - low <= STEADY_SPREAD * abs(mid))
+
+
 def _camera_shift(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
-    shift = e.s("shift_px") if e.d("shift_px") >= MIN_SHIFT_PX else 0.0
-    rot = e.a("rotation") if abs(e.d("rotation")) >= MIN_ROTATION else 0.0
+    shift = e.s("shift_px") if e.d("shift_px") >= MIN_SHIFT_PX and _steady(cur, "shift_px") else 0.0
+    rot = e.a("rotation") if abs(e.d("rotation")) >= MIN_ROTATION and _steady(cur, "rotation") else 0.0
     if shift == 0.0 and rot == 0.0:
         return 0.0, "", ()
     # Geometry is specific (+3), but strong blur wobbles phase correlation by ~2 px, and
@@ -162,7 +174,7 @@ def _glare(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[s
 
 def _occlusion(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
     local = e.d("local_dark")
-    if local < max(MIN_LOCAL_LEVELS, 1.5 * abs(e.d("brightness")), e.d("local_bright")):
+    if local < max(MIN_LOCAL_LEVELS, 1.5 * abs(e.d("brightness")), e.d("local_bright")) or not _steady(cur, "local_dark"):
         return 0.0, "", ()
     # A global blur also leaves local residuals (zoom blur smears the periphery): discount.
     score = max(e.s("local_dark"), e.s("local_flat")) - e.s("sharpness", -1) + 1.0
@@ -198,9 +210,9 @@ def _weather(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple
     # particles), which no exposure, glare or fog change does; noise also raises frame
     # differences but does not brighten the view.
     # Fog's airlight brightens the view, lifts the dark channel and washes out colour or
-    # contrast (grey scenes have no colour to lose); an exposure change keeps both, a contrast
-    # reduction or a blur does not brighten.
-    fog = min(e.s("haze"), e.s("brightness"), max(e.s("saturation", -1), e.s("contrast", -1)))
+    # contrast (grey scenes have no colour to lose); an exposure gain raises contrast, a
+    # contrast reduction or a blur does not brighten.
+    fog = min(e.s("haze"), e.s("brightness"), max(e.s("saturation", -1), e.s("contrast", -1))) - e.s("contrast")
     precipitation = min(e.s("frame_diff"), e.s("brightness"))
     specks = e.s("specks_bright")
     if precipitation > fog:

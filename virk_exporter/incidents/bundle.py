@@ -1,6 +1,6 @@
 """Incident bundles: one zip per alert firing, built with deterministic bytes and read safely.
 
-Layout (DESIGN.md)::
+Layout (docs/design.md)::
 
     manifest.json        schema, alert, model, sources, frames (trace ids), drift timeline,
                          diagnosis, config, package versions, sha256 of every other file
