@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", choices=sorted(material.SETS), default="score", help="photographs and seeds to use (tune on tune, report score)")
     parser.add_argument("--part", choices=("stills", "clips", "all"), default="all")
-    parser.add_argument("--quick", action="store_true", help="smaller windows, severities 2 and 4, other people's faults only (~3 min)")
+    parser.add_argument("--quick", action="store_true", help="stills: 16-frame windows, severities 2 and 4, other people's faults only; clips: faults on carphone only, severity 4")
     parser.add_argument("--faults", default="", help="comma-separated substrings of fault names (default: all)")
     parser.add_argument("--exporter-arg", action="append", default=[], metavar="K=V", help="Exporter keyword argument for the clips part (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="results JSON (default: benchmarks/results/real_footage_<set>[_quick].json)")

