@@ -384,6 +384,8 @@ class Analysis:
         content = state.detectors.embedding.detected
         if captured:
             fingerprint, detector = state.cause, "both" if content else "properties"
+        elif content and capture.drift:  # the capture test sees a cause already: name it
+            fingerprint, detector = capture.diagnosis.top, "embedding"
         elif content:
             fingerprint, detector = "content", "embedding"
         else:

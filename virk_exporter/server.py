@@ -272,7 +272,7 @@ class ExporterServer:
 
     def close_inherited(self) -> None:
         """In a forked child: close our copy of the listening socket; the parent goes on serving."""
-        self._httpd.socket.close()
+        self._server.socket.close()
 
     def shutdown(self) -> None:
         def close_all() -> None:  # on the server's own thread: its loop ends once the map is empty
