@@ -142,8 +142,9 @@ def _frozen(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[
 def _steady(cur: dict[str, np.ndarray], name: str) -> bool:
     """The property holds still across the window: a bumped camera or a stuck occluder stays
     put, while moving content (a head in a car, traffic) moves these properties frame to frame."""
-    values = cur.get(name, np.empty(0))
+    values = np.abs(cur.get(name, np.empty(0)))
     values = values[np.isfinite(values)]
+    values = values[values >= np.median(values)] if values.size else values  # the moved part of a window the fault began in
     if values.size < 4:
         return True
     low, mid, high = np.quantile(values, (0.25, 0.5, 0.75))
