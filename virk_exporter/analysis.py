@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
 import threading
 import time
 import zlib
 from collections import deque
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -32,8 +30,8 @@ from virk_exporter.fingerprint.causes import CAUSES
 from virk_exporter.fingerprint.properties import compute_properties_and_smalls
 from virk_exporter.metrics import WorkerMetrics
 from virk_exporter.recorder import FlightRecorder
-from virk_exporter.reference import Reference, SourceReference
-from virk_exporter.reference_store import ReferenceStore
+from virk_exporter.reference import Reference
+from virk_exporter.reference_store import ReferenceStore, to_bytes
 from virk_exporter.slices import TOP_K, SliceTracker
 from virk_exporter.tracing import SpanRecord, SpanRecorder
 
@@ -489,24 +487,7 @@ class Analysis:
 
     def _reference_bytes(self, states: list[SourceAnalysis]) -> bytes | None:
         """The sources' references as a .virkref file, so a bundle replays on its own."""
-        if not states:
-            return None
-        reference = Reference(
-            embedder_id=self.embedder.id,
-            sources={
-                s.name: SourceReference(
-                    name=s.name,
-                    embeddings=s.baseline.embeddings,
-                    properties=s.baseline.properties,
-                    fingerprint_state=s.baseline.fingerprinter.state(),
-                    thumbnails=s.baseline.thumbnails,
-                )
-                for s in states
-            },
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            path = reference.save(Path(tmp) / "reference.virkref")
-            return path.read_bytes()
+        return to_bytes({s.name: s.baseline for s in states}, self.embedder.id) if states else None
 
     def close(self) -> None:
         if self._incidents is not None:

@@ -34,16 +34,20 @@ def reference_key(model: str, source: str) -> str:
     return f"{PREFIX}/{key_part(model)}/{key_part(source)}.virkref"
 
 
-def to_bytes(source: str, baseline: Baseline, embedder_id: str) -> bytes:
-    entry = SourceReference(
-        name=source,
-        embeddings=baseline.embeddings,
-        properties=baseline.properties,
-        fingerprint_state=baseline.fingerprinter.state(),
-        thumbnails=baseline.thumbnails,
-    )
+def to_bytes(baselines: dict[str, Baseline], embedder_id: str) -> bytes:
+    """Sources' baselines as one ``.virkref`` file (the store's and the bundles' copy)."""
+    sources = {
+        name: SourceReference(
+            name=name,
+            embeddings=b.embeddings,
+            properties=b.properties,
+            fingerprint_state=b.fingerprinter.state(),
+            thumbnails=b.thumbnails,
+        )
+        for name, b in baselines.items()
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        path = Reference(embedder_id=embedder_id, sources={source: entry}).save(Path(tmp) / "reference.virkref")
+        path = Reference(embedder_id=embedder_id, sources=sources).save(Path(tmp) / "reference.virkref")
         return path.read_bytes()
 
 
@@ -82,7 +86,7 @@ class ReferenceStore:
 
     def save(self, source: str, baseline: Baseline) -> str:
         key = reference_key(self.model, source)
-        self.store.put(key, to_bytes(source, baseline, self.embedder_id), {"virk-model": self.model, "virk-kind": "reference"})
+        self.store.put(key, to_bytes({source: baseline}, self.embedder_id), {"virk-model": self.model, "virk-kind": "reference"})
         return key
 
     def clear(self, source: str) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from virk_exporter.drift._torch import as_tensor, pick_device, seed_or_random
+from virk_exporter.drift.null import block_starts, leave_out_bounds
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 24  # 16 M float32 = 64 MiB per kernel chunk
 
@@ -249,8 +250,6 @@ def block_null_statistics(x_ref: torch.Tensor, sigma: float, window: int, margin
     One n×n kernel and its 2-D prefix sums give every block's three sums by inclusion-exclusion,
     so all K statistics cost one kernel pass.
     """
-    from virk_exporter.drift.null import block_starts, leave_out_bounds
-
     n = int(x_ref.shape[0])
     starts = block_starts(n, window)
     left, right = leave_out_bounds(starts, window, margin, n)
