@@ -41,7 +41,11 @@ def start_service(argv: list[str], tmp_path: Path, ready_url: str, **env_extra: 
         except httpx.HTTPError:
             return False
 
-    wait_until(ready, 180, interval=0.3, what="the service and its monitoring worker")
+    try:
+        wait_until(ready, 180, interval=0.3, what="the service and its monitoring worker")
+    except BaseException:  # a service that never got ready must not outlive the test
+        stop(process, run_dir)
+        raise
     return process, run_dir, log
 
 
