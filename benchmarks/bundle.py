@@ -35,8 +35,8 @@ from virk_exporter.incidents.bundle import build_bundle, bundle_key  # noqa: E40
 from virk_exporter.incidents.manager import IncidentManager  # noqa: E402
 from virk_exporter.incidents.store import S3Store  # noqa: E402
 from virk_exporter.incidents.webhook import make_alert_payload, parse_notification  # noqa: E402
-from virk_exporter.metrics import CallerMetrics, WorkerMetrics  # noqa: E402
-from virk_exporter.server import serve  # noqa: E402
+from virk_exporter.telemetry.metrics import CallerMetrics, WorkerMetrics  # noqa: E402
+from virk_exporter.http.server import serve  # noqa: E402
 
 
 class BenchExporter:

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from virk_exporter.drift import MMDDrift  # noqa: E402
-from virk_exporter.embed import RandomConvEncoder  # noqa: E402
+from virk_exporter.embed.embedders import RandomConvEncoder  # noqa: E402
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:

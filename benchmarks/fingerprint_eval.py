@@ -25,7 +25,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from virk_exporter import corruptions, photos  # noqa: E402
+from virk_exporter.demo import corruptions
+
+from virk_exporter.demo import photos  # noqa: E402
 from virk_exporter.fingerprint import Fingerprinter  # noqa: E402
 from virk_exporter.fingerprint.causes import CAUSES  # noqa: E402
 

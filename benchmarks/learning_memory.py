@@ -22,7 +22,9 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from virk_exporter import Exporter, photos  # noqa: E402
+from virk_exporter import Exporter
+
+from virk_exporter.demo import photos  # noqa: E402
 
 
 def worker_pids() -> list[int]:

@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from virk_exporter import corruptions as virk_corruptions  # noqa: E402
-from virk_exporter import photos  # noqa: E402
+from virk_exporter.demo import corruptions as virk_corruptions  # noqa: E402
+from virk_exporter.demo import photos  # noqa: E402
 from virk_exporter.fingerprint import CAUSES  # noqa: E402
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home otherwise
@@ -142,7 +142,7 @@ def clip_stream(name: str, reference_fraction: float = 0.5) -> ClipStream:
 
 # (source, name). Written down once; do not move photographs between the sets.
 # TUNE holds every photograph the fingerprinter has already been tuned or revised on
-# (virk_exporter.photos.TUNE and .SCORE, BENCHMARKS.md); SCORE holds photographs no code of this
+# (virk_exporter.demo.photos.TUNE and .SCORE, BENCHMARKS.md); SCORE holds photographs no code of this
 # project has been tuned on, from a third wheel (matplotlib) and unused skimage images.
 TUNE: tuple[tuple[str, str], ...] = (
     ("skimage", "astronaut"),
@@ -216,7 +216,7 @@ NOISE_MARGIN = 64  # sensor noise is cut from a larger field at a random offset 
 
 def camera_frames(photo: tuple[str, str], n: int, size: tuple[int, int], seed: int) -> np.ndarray:
     """``n`` frames (n, H, W, 3) of a fixed camera looking at ``photo``: sub-pixel vibration,
-    exposure flicker and sensor noise at the amplitudes of ``virk_exporter.photos``, in uint8
+    exposure flicker and sensor noise at the amplitudes of ``virk_exporter.demo.photos``, in uint8
     OpenCV arithmetic (several times faster than ``photos.camera_stream`` on 1280x720)."""
     still = scene(photo, size)
     h, w = size

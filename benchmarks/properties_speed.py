@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from virk_exporter import photos  # noqa: E402
+from virk_exporter.demo import photos  # noqa: E402
 from virk_exporter.fingerprint import Fingerprinter  # noqa: E402
 from virk_exporter.fingerprint.properties import compute_properties  # noqa: E402
 

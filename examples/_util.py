@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from virk_exporter import photos
+from virk_exporter.demo import photos
 
 SIZE = (96, 128)  # small frames keep the examples quick on a laptop CPU
 

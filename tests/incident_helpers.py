@@ -11,11 +11,11 @@ import numpy as np
 import skimage.data
 
 from virk_exporter.fingerprint import Fingerprinter
-from virk_exporter.reference import Reference, SourceReference
+from virk_exporter.reference.build import Reference, SourceReference
 
 from virk_exporter.incidents.bundle import IncidentContext
 from virk_exporter.incidents.webhook import Alert, make_alert_payload, parse_notification
-from virk_exporter.recorder import RecordedFrame, encode_frame
+from virk_exporter.worker.recorder import RecordedFrame, encode_frame
 
 MODEL = "detector-v3"
 
@@ -52,7 +52,7 @@ _REFERENCE_FILES: dict = {}
 
 
 def reference_file(fingerprinter, embeddings: np.ndarray) -> bytes:
-    """A real .virkref (virk_exporter.reference) holding the embeddings and fingerprinter.
+    """A real .virkref (virk_exporter.reference.build) holding the embeddings and fingerprinter.
     Cached: Reference.save stamps zip entries with the current time, and the tests compare
     bundles built from the same content byte for byte."""
     key = (id(fingerprinter), embeddings.tobytes())

@@ -26,7 +26,7 @@ GRAFANA_GLOBALS = {"__rate_interval": "30s", "__interval": "15s", "__range": "1h
 
 
 def exporter_metric_names() -> set[str]:
-    """Every sample name the exporter can expose, from the families in virk_exporter/metrics.py.
+    """Every sample name the exporter can expose, from the families in virk_exporter/telemetry/metrics.py.
 
     metrics.py is loaded by path (not through the package, which imports torch) and its families
     are instantiated on fresh registries; prometheus-client adds `_total` to counters and

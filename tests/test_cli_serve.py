@@ -8,7 +8,7 @@ import cv2
 
 from helpers import sample_value
 from servers import free_port, http_get, wait_until
-from virk_exporter import photos
+from virk_exporter.demo import photos
 
 
 def test_serve_watches_a_directory_of_cameras(tmp_path):

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from virk_exporter import corruptions, photos
+from virk_exporter.demo import corruptions
+
+from virk_exporter.demo import photos
 from virk_exporter.fingerprint import CAUSES
 
 

@@ -7,7 +7,7 @@ from rich.console import Console
 
 from virk_exporter.cli import main
 from virk_exporter.commands.bundle import bundle
-from virk_exporter.demo import run
+from virk_exporter.demo.app import run
 
 
 def test_demo_detects_diagnoses_and_bundles_both_incidents(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from virk_exporter.calibration import alarm_count, calibrate, wilson_upper
+from virk_exporter.drift.calibration import alarm_count, calibrate, wilson_upper
 from virk_exporter.drift import DriftUpdate, SourceDriftMonitor
 
 D = 8

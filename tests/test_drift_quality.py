@@ -14,9 +14,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from virk_exporter import corruptions, photos
+from virk_exporter.demo import corruptions
+
+from virk_exporter.demo import photos
 from virk_exporter.drift import MMDDrift
-from virk_exporter.embed import RandomConvEncoder
+from virk_exporter.embed.embedders import RandomConvEncoder
 
 SIZE = (120, 160)  # corruption parameters scale with the frame width
 WINDOW = 64

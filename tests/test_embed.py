@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from virk_exporter.embed import HookEmbedder, OutputsEmbedder, RandomConvEncoder, embedder_from_id
+from virk_exporter.embed.embedders import HookEmbedder, OutputsEmbedder, RandomConvEncoder, embedder_from_id
 from virk_exporter.drift._torch import pick_device
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def test_default_encoder_shape_id_and_batch_invariance() -> None:
 
 def test_default_encoder_identical_in_another_process() -> None:
     code = (
-        "import numpy as np, sys; from virk_exporter.embed import RandomConvEncoder;"
+        "import numpy as np, sys; from virk_exporter.embed.embedders import RandomConvEncoder;"
         "f=np.random.default_rng(0).integers(0,256,size=(4,48,64,3),dtype=np.uint8);"
         "e=RandomConvEncoder(device='cpu'); sys.stdout.buffer.write(e.embed(f).tobytes()); print(e.id, file=sys.stderr)"
     )

@@ -314,7 +314,7 @@ def test_a_crashed_worker_is_replaced_and_predict_never_notices(tmp_path):
 
 def test_input_forms_through_the_decorator_are_recorded_as_rgb(exporter):
     """Tensors (NCHW float), grayscale, BGR and lists reach the recorder as the same RGB pixels."""
-    from virk_exporter import photos
+    from virk_exporter.demo import photos
 
     rgb = photos.camera_stream(photos.load("coffee"), 2, size=(48, 64), seed=5)  # smooth enough for JPEG
 
@@ -340,9 +340,9 @@ def test_input_forms_through_the_decorator_are_recorded_as_rgb(exporter):
 
 
 def test_a_saved_reference_is_used_at_once_and_bad_ones_fail_at_construction(tmp_path):
-    from virk_exporter import photos
-    from virk_exporter.embed import RandomConvEncoder
-    from virk_exporter.reference import build_reference
+    from virk_exporter.demo import photos
+    from virk_exporter.embed.embedders import RandomConvEncoder
+    from virk_exporter.reference.build import build_reference
 
     clean = photos.camera_stream(photos.load("coffee"), 48, size=(120, 160), seed=1)
     path = build_reference(clean[:32], RandomConvEncoder(), progress=False).save(tmp_path / "ref.virkref")

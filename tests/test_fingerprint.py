@@ -6,7 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from virk_exporter import corruptions, photos
+from virk_exporter.demo import corruptions
+
+from virk_exporter.demo import photos
 from virk_exporter.fingerprint import VOCABULARY, Fingerprinter, compute_properties
 
 N = 24  # frames per test window: enough for the KS tests, fast enough for CI

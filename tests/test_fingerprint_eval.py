@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from virk_exporter import corruptions, photos
+from virk_exporter.demo import corruptions
+
+from virk_exporter.demo import photos
 
 _spec = importlib.util.spec_from_file_location("fingerprint_eval", Path(__file__).resolve().parents[1] / "benchmarks/fingerprint_eval.py")
 fingerprint_eval = importlib.util.module_from_spec(_spec)

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from virk_exporter import photos
+from virk_exporter.demo import photos
 from virk_exporter.fingerprint import GEOMETRY_NAMES, PROPERTY_NAMES, ReferenceView, compute_properties
 from virk_exporter.fingerprint.properties import compute_properties_and_smalls
 

@@ -11,7 +11,7 @@ import pytest
 from helpers import exposition, sample_value
 from virk_exporter import Exporter
 from servers import wait_until
-from virk_exporter.transport import SESSION_BITS
+from virk_exporter.wire.transport import SESSION_BITS
 
 FRAMES = np.random.default_rng(4).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
 

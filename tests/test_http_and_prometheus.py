@@ -13,8 +13,8 @@ from helpers import sample_value
 from servers import binary, http_get, prometheus_query, start_prometheus, wait_until
 import virk_exporter
 from virk_exporter import Exporter
-from virk_exporter.metrics import CORE_PROPERTIES
-from virk_exporter.server import PortInUseError
+from virk_exporter.telemetry.metrics import CORE_PROPERTIES
+from virk_exporter.http.server import PortInUseError
 
 # The README's bound on series per source with the default property_metrics="core": 8 properties,
 # 24 reference bands, 14 cause scores, up to 6 drift gauges (two detectors), up to 2 drift states,
@@ -180,7 +180,7 @@ def test_routes_mount_into_an_asgi_app(served):
 
 def test_property_metrics_choose_the_exported_properties():
     from virk_exporter.fingerprint.properties import PROPERTY_NAMES
-    from virk_exporter.metrics import exported_properties
+    from virk_exporter.telemetry.metrics import exported_properties
 
     names = list(PROPERTY_NAMES)
     assert exported_properties(names, "all") == names

@@ -13,7 +13,7 @@ from servers import http_get
 from test_webhook import REAL_PAYLOAD, FakeExporter
 
 from virk_exporter.incidents.webhook import make_alert_payload
-from virk_exporter.server import serve
+from virk_exporter.http.server import serve
 
 
 class ServedFake(FakeExporter):
@@ -139,7 +139,7 @@ def test_a_chunked_body_reaches_a_mounted_wsgi_app_without_content_length(tmp_pa
     """Under gunicorn a chunked body arrives as a stream with no CONTENT_LENGTH."""
     import io
 
-    from virk_exporter.server import make_wsgi_app
+    from virk_exporter.http.server import make_wsgi_app
 
     exporter = ServedFake(tmp_path)
     body = json.dumps(REAL_PAYLOAD).encode()

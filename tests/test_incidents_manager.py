@@ -13,7 +13,7 @@ from virk_exporter.incidents.bundle import bundle_key, read_bundle
 from virk_exporter.incidents.manager import IncidentManager
 from virk_exporter.incidents.store import LocalStore, StoreUnavailable
 from virk_exporter.incidents.webhook import AlertNotification
-from virk_exporter.metrics import WorkerMetrics
+from virk_exporter.telemetry.metrics import WorkerMetrics
 
 
 def note(*alerts) -> AlertNotification:

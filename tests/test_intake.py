@@ -20,7 +20,7 @@ from virk_exporter.incidents.journal import Journal
 from virk_exporter.incidents.manager import IncidentManager
 from virk_exporter.incidents.store import LocalStore
 from virk_exporter.incidents.webhook import make_alert_payload, parse_notification
-from virk_exporter.metrics import WorkerMetrics
+from virk_exporter.telemetry.metrics import WorkerMetrics
 
 
 def firing(fingerprint: str, minute: int, source: str = "cam1"):

@@ -9,7 +9,7 @@ import torch
 
 from helpers import exposition, sample_value
 from virk_exporter import Exporter
-from virk_exporter.labels import predictions_of
+from virk_exporter.caller.labels import predictions_of
 
 FRAME = np.random.default_rng(3).integers(0, 256, (24, 32, 3), dtype=np.uint8)
 WINDOW = 20

@@ -11,7 +11,7 @@ import cv2
 
 from helpers import sample_value
 from servers import free_port, http_get, wait_until
-from virk_exporter import photos
+from virk_exporter.demo import photos
 
 
 def _workers_in(run_dir: Path) -> list[int]:

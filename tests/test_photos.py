@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from virk_exporter import photos
+from virk_exporter.demo import photos
 
 
 def test_tune_score_and_fresh_sets_are_disjoint_and_load():

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from virk_exporter import photos
+from virk_exporter.demo import photos
 from virk_exporter.commands.calibrate import calibrate
 from virk_exporter.commands.reference import reference
-from virk_exporter.embed import RandomConvEncoder
-from virk_exporter.reference import Reference, ReferenceMismatchError, build_reference, read_frames
+from virk_exporter.embed.embedders import RandomConvEncoder
+from virk_exporter.reference.build import Reference, ReferenceMismatchError, build_reference, read_frames
 
 SIZE = (96, 128)
 

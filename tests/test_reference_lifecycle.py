@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from servers import start_seaweedfs, wait_until
-from virk_exporter import Exporter, photos
+from virk_exporter import Exporter
+from virk_exporter.demo import photos
 
 SMALL = (120, 160)
 SETTINGS = {"reference_period_s": 0, "reference_frames": 40, "window": 16, "test_every": 8, "hysteresis": 1}

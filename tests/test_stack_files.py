@@ -197,7 +197,7 @@ def test_rules_and_dashboards_name_only_exported_metrics():
         for variable in dashboard["templating"]["list"]:
             if variable.get("type") == "query":
                 unknown += [(f"{file} variable {variable['name']}", m) for m in promql_metric_names(variable_query(variable)) - allowed]
-    assert not unknown, f"names the exporter does not export (virk_exporter/metrics.py): {unknown}"
+    assert not unknown, f"names the exporter does not export (virk_exporter/telemetry/metrics.py): {unknown}"
     # Recording rules read only exporter metrics (not other recordings that might vanish).
     for group in load_rules()["groups"]:
         for rule in group["rules"]:

@@ -22,7 +22,7 @@ from virk_exporter.incidents.store import (
     open_store,
 )
 from virk_exporter.incidents.webhook import AlertNotification
-from virk_exporter.metrics import WorkerMetrics
+from virk_exporter.telemetry.metrics import WorkerMetrics
 
 pytestmark = pytest.mark.integration
 

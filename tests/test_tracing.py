@@ -148,7 +148,7 @@ def test_bundle_trace_ids_match_the_spans_of_its_frames(traced):
 
 
 def test_tracing_off_adds_no_span_and_keeps_working(tmp_path):
-    from virk_exporter.tracing import resolve_tracer
+    from virk_exporter.telemetry.tracing import resolve_tracer
 
     # This test process has set no provider and no OTLP endpoint.
     assert resolve_tracer() is None
@@ -184,7 +184,7 @@ def test_the_otel_environment_names_the_service_and_the_exporter():
 
 
 def test_a_failing_tracer_never_reaches_the_caller(caplog):
-    from virk_exporter.tracing import call_span
+    from virk_exporter.telemetry.tracing import call_span
 
     class Broken:
         def start_as_current_span(self, *args, **kwargs):

@@ -17,8 +17,8 @@ from virk_exporter.incidents.bundle import build_bundle, bundle_key
 from virk_exporter.incidents.http import handle_alerts, handle_incident
 from virk_exporter.incidents.store import LocalStore
 from virk_exporter.incidents.webhook import WebhookError, make_alert_payload, parse_notification
-from virk_exporter.metrics import CallerMetrics
-from virk_exporter.server import Request, serve
+from virk_exporter.telemetry.metrics import CallerMetrics
+from virk_exporter.http.server import Request, serve
 
 TOKEN = "s3cret-token"
 

@@ -19,7 +19,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from virk_exporter import Exporter, corruptions, photos
+from virk_exporter import Exporter
+
+from virk_exporter.demo import corruptions
+
+from virk_exporter.demo import photos
 from virk_exporter.incidents.webhook import make_alert_payload
 
 endpoint, store, mode = sys.argv[1], sys.argv[2], sys.argv[3]

@@ -7,18 +7,18 @@ from typing import TYPE_CHECKING, Any
 from virk_exporter._version import __version__
 
 if TYPE_CHECKING:
-    from virk_exporter.exporter import Exporter
+    from virk_exporter.caller.exporter import Exporter
     from virk_exporter.frames import FrameError
 
 __all__ = ["Exporter", "FrameError", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    # Imported on first use, so `virk-exporter --help` and `import virk_exporter.metrics` do not
+    # Imported on first use, so `virk-exporter --help` and `import virk_exporter.telemetry.metrics` do not
     # pay for torch, OpenCV and SciPy, and the monitoring worker (`python -m
-    # virk_exporter.worker`) listens on its socket before heavy imports.
+    # virk_exporter.worker.process`) listens on its socket before heavy imports.
     if name == "Exporter":
-        from virk_exporter.exporter import Exporter
+        from virk_exporter.caller.exporter import Exporter
 
         return Exporter
     if name == "FrameError":

@@ -94,9 +94,9 @@ def demo(duration: float, fps: float, host: str, port: int, store: str | None, s
     """Stream two real-photograph cameras through a monitored model with a scripted incident."""
     from rich.console import Console
 
-    from virk_exporter.demo import run
-    from virk_exporter.lifecycle import sigterm_as_interrupt
-    from virk_exporter.server import PortInUseError
+    from virk_exporter.demo.app import run
+    from virk_exporter.commands.lifecycle import sigterm_as_interrupt
+    from virk_exporter.http.server import PortInUseError
 
     sigterm_as_interrupt()  # the demo's finally drains and closes the exporter
     try:
@@ -124,10 +124,10 @@ def serve(frames_path: str, model: str, reference_path: str | None, store: str |
     """Watch recorded frames (a directory or a video) and serve the exporter's routes."""
     from rich.console import Console
 
-    from virk_exporter.exporter import Exporter
-    from virk_exporter.lifecycle import sigterm_as_interrupt
-    from virk_exporter.reference import read_frames
-    from virk_exporter.server import PortInUseError
+    from virk_exporter.caller.exporter import Exporter
+    from virk_exporter.commands.lifecycle import sigterm_as_interrupt
+    from virk_exporter.reference.build import read_frames
+    from virk_exporter.http.server import PortInUseError
 
     sigterm_as_interrupt()  # drain and close on SIGTERM as on Ctrl-C
     frames = _frames_or_fail(read_frames, frames_path)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from virk_exporter.embed import OutputsEmbedder
+from virk_exporter.embed.embedders import OutputsEmbedder
 
 
 class FeaturesEmbedder(OutputsEmbedder):

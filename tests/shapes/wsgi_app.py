@@ -27,7 +27,8 @@ _next = itertools.count()
 def camera_frames(blur: bool) -> np.ndarray:
     """Two frames of a static camera (a real photograph), optionally out of focus."""
     if not _camera:
-        from virk_exporter import corruptions, photos
+        from virk_exporter.demo import corruptions
+        from virk_exporter.demo import photos
 
         _camera[False] = photos.camera_stream(photos.load("coffee"), 40, size=(120, 160), seed=1)
         _camera[True] = corruptions.apply("defocus_blur", _camera[False], 5, seed=1)

@@ -10,9 +10,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from virk_exporter.calibration import DEFAULTS, CalibrationReport, calibrate as run_calibration
-from virk_exporter.embed import embedder_from_id
-from virk_exporter.reference import Reference, read_frames
+from virk_exporter.drift.calibration import DEFAULTS, CalibrationReport, calibrate as run_calibration
+from virk_exporter.embed.embedders import embedder_from_id
+from virk_exporter.reference.build import Reference, read_frames
 
 
 @click.command("calibrate")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 from rich.console import Console
 
-from virk_exporter.embed import RandomConvEncoder
-from virk_exporter.reference import build_reference_pairs, count_frames, read_frames
+from virk_exporter.embed.embedders import RandomConvEncoder
+from virk_exporter.reference.build import build_reference_pairs, count_frames, read_frames
 
 
 @click.group("reference")
@@ -46,7 +46,7 @@ def build(frames_path: str, out: str, every: int, seed: int, device: str | None,
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 def show(path: str) -> None:
     """Print what a .virkref holds: embedder, sources, frame counts."""
-    from virk_exporter.reference import Reference
+    from virk_exporter.reference.build import Reference
 
     console = Console()
     try:

@@ -39,7 +39,7 @@ import numpy as np
 
 from virk_exporter.incidents.report import render_report
 from virk_exporter.incidents.webhook import Alert
-from virk_exporter.recorder import RecordedFrame
+from virk_exporter.worker.recorder import RecordedFrame
 
 SCHEMA = "virk-bundle/1"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)

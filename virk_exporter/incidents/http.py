@@ -1,4 +1,4 @@
-"""HTTP handlers for the incident routes (the server in ``virk_exporter/server.py`` routes here).
+"""HTTP handlers for the incident routes (the server in ``virk_exporter/http/server.py`` routes here).
 
 * ``POST /api/v1/alerts``: the Alertmanager webhook. Checks size and alert count (413),
   credentials (401) and the payload (400), forwards other replicas' alerts to allow-listed
@@ -43,7 +43,7 @@ from virk_exporter.incidents.webhook import (
     parse_notification,
     route,
 )
-from virk_exporter.server import Request, Response
+from virk_exporter.http.server import Request, Response
 
 _STAMP_RE = re.compile(r"\d{8}T\d{6}\.\d{9}Z")  # fullmatch only
 _store_lock = threading.Lock()

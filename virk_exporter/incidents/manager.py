@@ -28,7 +28,7 @@ from virk_exporter.incidents.bundle import IncidentContext, build_bundle, bundle
 from virk_exporter.incidents.journal import Journal
 from virk_exporter.incidents.store import S3Store, SpoolingStore, Store, StoreError, StoreUnavailable, default_spool_dir, open_store
 from virk_exporter.incidents.webhook import Alert, AlertNotification
-from virk_exporter.metrics import WorkerMetrics
+from virk_exporter.telemetry.metrics import WorkerMetrics
 
 log = logging.getLogger("virk_exporter.incidents")
 

@@ -6,7 +6,7 @@ production stack reproduces the incident. Parts that need a component this insta
 (an embedder that wraps user code, a missing fingerprinter) are reported as notes, not errors.
 
 Drift, per source: reference embeddings come from the bundled ``.virkref`` when present
-(``virk_exporter.reference.Reference.load``), else from ``embeddings.npz`` (``reference/<source>``
+(``virk_exporter.reference.build.Reference.load``), else from ``embeddings.npz`` (``reference/<source>``
 or ``reference``); the
 tested window is re-embedded from the frames with the recorded embedder
 (``config["embedder_id"]``) when it can be rebuilt, else taken from
@@ -108,7 +108,7 @@ class _Reference:
 
 
 def _reference(bundle: Bundle, notes: list[str]) -> _Reference:
-    """From the bundled .virkref (virk_exporter.reference) when present, else embeddings.npz."""
+    """From the bundled .virkref (virk_exporter.reference.build) when present, else embeddings.npz."""
     npz = bundle.embeddings()
     embedder_id = bundle.manifest.get("config", {}).get("embedder_id")
     embeddings = {k.split("/", 1)[1]: v for k, v in npz.items() if k.startswith("reference/")}
@@ -118,7 +118,7 @@ def _reference(bundle: Bundle, notes: list[str]) -> _Reference:
     blob = bundle.reference_file()
     if blob is not None:
         try:
-            from virk_exporter.reference import Reference
+            from virk_exporter.reference.build import Reference
 
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "reference.virkref"
@@ -140,7 +140,7 @@ def _window(
 ) -> np.ndarray | None:
     if embedder_id:
         try:
-            from virk_exporter.embed import embedder_from_id
+            from virk_exporter.embed.embedders import embedder_from_id
 
             _check_embedder_id(embedder_id)
             embedder = embedder_from_id(embedder_id)

@@ -152,7 +152,7 @@ def reference_properties(reference_file: bytes | None, source: str) -> dict[str,
     """The source's reference image properties from the bundle's .virkref ({} when absent)."""
     if not reference_file:
         return {}
-    from virk_exporter.reference import Reference
+    from virk_exporter.reference.build import Reference
 
     sources = Reference.load(io.BytesIO(reference_file)).sources
     entry = sources.get(source) or (next(iter(sources.values())) if len(sources) == 1 else None)

@@ -12,10 +12,10 @@ import numpy as np
 
 from virk_exporter import frames as frame_io
 from virk_exporter.config import ExporterConfig
-from virk_exporter.metrics import WorkerMetrics
-from virk_exporter.recorder import FlightRecorder, RecordedFrame, encode_frame
-from virk_exporter.tracing import SpanRecord, SpanRecorder
-from virk_exporter.transport import Arrays, BatchInfo
+from virk_exporter.telemetry.metrics import WorkerMetrics
+from virk_exporter.worker.recorder import FlightRecorder, RecordedFrame, encode_frame
+from virk_exporter.telemetry.tracing import SpanRecord, SpanRecorder
+from virk_exporter.wire.transport import Arrays, BatchInfo
 
 log = logging.getLogger("virk_exporter.worker")
 
@@ -41,7 +41,7 @@ class Monitor:
         self.frames_processed = 0
         self.fail_stage: str | None = None  # tests: make one stage raise (see command "fail_stage")
         self.spans = SpanRecorder()
-        from virk_exporter.analysis import Analysis
+        from virk_exporter.worker.analysis import Analysis
 
         self.analysis = Analysis(config, metrics, self.recorder, self.lock, reference_frames, self.spans, send_span)
 

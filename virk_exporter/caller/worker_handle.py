@@ -22,8 +22,8 @@ from typing import Any, Callable
 import numpy as np
 
 from virk_exporter.config import ExporterConfig
-from virk_exporter.rendezvous import Attached, Rendezvous, send_attach, worker_key
-from virk_exporter.transport import Arena, Arrays, BatchInfo, FrameProducer, socket_pair
+from virk_exporter.wire.rendezvous import Attached, Rendezvous, send_attach, worker_key
+from virk_exporter.wire.transport import Arena, Arrays, BatchInfo, FrameProducer, socket_pair
 
 log = logging.getLogger("virk_exporter")
 

@@ -21,19 +21,19 @@ from typing import Any, Callable
 
 import numpy as np
 
-from virk_exporter.baseline import Baseline, Detectors, Learner, Sampler, sample_spacing, thumbnail
+from virk_exporter.reference.baseline import Baseline, Detectors, Learner, Sampler, sample_spacing, thumbnail
 from virk_exporter.config import ExporterConfig
 from virk_exporter.drift.monitor import DriftUpdate, Hysteresis, SourceDriftMonitor
-from virk_exporter.embed import OutputsEmbedder, RandomConvEncoder, embedder_from_id
+from virk_exporter.embed.embedders import OutputsEmbedder, RandomConvEncoder, embedder_from_id
 from virk_exporter.fingerprint import CaptureDetector, CaptureResult, Fingerprinter
 from virk_exporter.fingerprint.causes import CAUSES
 from virk_exporter.fingerprint.properties import compute_properties_and_smalls
-from virk_exporter.metrics import WorkerMetrics
-from virk_exporter.recorder import FlightRecorder
-from virk_exporter.reference import Reference
-from virk_exporter.reference_store import ReferenceStore, to_bytes
-from virk_exporter.slices import TOP_K, SliceTracker
-from virk_exporter.tracing import SpanRecord, SpanRecorder
+from virk_exporter.telemetry.metrics import WorkerMetrics
+from virk_exporter.worker.recorder import FlightRecorder
+from virk_exporter.reference.build import Reference
+from virk_exporter.reference.store import ReferenceStore, to_bytes
+from virk_exporter.drift.slices import TOP_K, SliceTracker
+from virk_exporter.telemetry.tracing import SpanRecord, SpanRecorder
 
 log = logging.getLogger("virk_exporter.worker")
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from virk_exporter.outputs import to_numpy
+from virk_exporter.caller.outputs import to_numpy
 
 UNKNOWN_SOURCE = "unknown"
 RAISED = object()  # the result of a call that raised: its frames have no prediction

@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from virk_exporter.baseline import Baseline
-from virk_exporter.reference import Reference, ReferenceMismatchError, SourceReference
+from virk_exporter.reference.baseline import Baseline
+from virk_exporter.reference.build import Reference, ReferenceMismatchError, SourceReference
 
 log = logging.getLogger("virk_exporter.worker")
 

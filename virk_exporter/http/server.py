@@ -18,7 +18,7 @@ from waitress.adjustments import Adjustments
 from waitress.server import TcpWSGIServer
 from waitress.task import ThreadedTaskDispatcher
 
-from virk_exporter.landing import landing_page
+from virk_exporter.http.landing import landing_page
 
 
 MAX_BODY = 8 * 2**20  # hard cap on any request body; the webhook applies its own, smaller limit
@@ -85,7 +85,7 @@ def incidents(exporter: Any, request: Request) -> Response:
 
 
 def rebase(exporter: Any, request: Request) -> Response:
-    from virk_exporter.reference_http import handle_rebase
+    from virk_exporter.http.reference_routes import handle_rebase
 
     return handle_rebase(exporter, request)
 

@@ -27,9 +27,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from virk_exporter import corruptions, photos
+from virk_exporter.demo import corruptions
+
+from virk_exporter.demo import photos
 from virk_exporter.cli import invocation
-from virk_exporter.exporter import Exporter
+from virk_exporter.caller.exporter import Exporter
 from virk_exporter.incidents.webhook import make_alert_payload
 
 MODEL = "demo-classifier"
@@ -41,7 +43,7 @@ POOL = 40  # distinct frames rendered per camera
 class Camera:
     name: str
     photo: str
-    incident: str | None  # corruption name (virk_exporter.corruptions)
+    incident: str | None  # corruption name (virk_exporter.demo.corruptions)
     severity: int
     starts_at: float  # fraction of the run
 

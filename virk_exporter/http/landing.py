@@ -17,7 +17,7 @@ PROJECT_URL = "https://github.com/virk-exporter/virk-exporter"
 def landing_page(exporter: Any, request: Any) -> Any:
     """``GET /``: an HTML page naming the model and linking every route (relative links, so it
     also works when the routes are mounted under a prefix such as ``/virk``)."""
-    from virk_exporter.server import Response
+    from virk_exporter.http.server import Response
 
     model = html.escape(exporter.model)
     state = "ready" if exporter.ready else "monitoring worker starting"

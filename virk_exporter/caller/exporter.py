@@ -35,15 +35,15 @@ from prometheus_client.metrics_core import Metric
 
 from virk_exporter import frames as frame_io
 from virk_exporter.config import ExporterConfig, check_sample
-from virk_exporter.handoff import Handoff
-from virk_exporter.labels import RAISED, LabelBook
-from virk_exporter.metrics import CallerMetrics, merge_families
-from virk_exporter.outputs import output_rows, output_summary, to_numpy
-from virk_exporter.slices import tags_per_frame
-from virk_exporter.totals import combine
-from virk_exporter.tracing import call_span, emit, force_flush, hex_ids, resolve_tracer
-from virk_exporter.transport import SESSION_BITS, Arrays, BatchInfo, ForwardedLabels
-from virk_exporter.worker_handle import WorkerHandle
+from virk_exporter.caller.handoff import Handoff
+from virk_exporter.caller.labels import RAISED, LabelBook
+from virk_exporter.telemetry.metrics import CallerMetrics, merge_families
+from virk_exporter.caller.outputs import output_rows, output_summary, to_numpy
+from virk_exporter.drift.slices import tags_per_frame
+from virk_exporter.telemetry.totals import combine
+from virk_exporter.telemetry.tracing import call_span, emit, force_flush, hex_ids, resolve_tracer
+from virk_exporter.wire.transport import SESSION_BITS, Arrays, BatchInfo, ForwardedLabels
+from virk_exporter.caller.worker_handle import WorkerHandle
 
 log = logging.getLogger("virk_exporter")
 
@@ -527,7 +527,7 @@ class Exporter:
         In a server with several processes sharing one worker, the first to call this binds
         the port; the others log that and return None (any process's /metrics shows them all).
         """
-        from virk_exporter.server import PortInUseError, serve
+        from virk_exporter.http.server import PortInUseError, serve
 
         try:
             server = serve(self, host, port)
@@ -550,13 +550,13 @@ class Exporter:
 
     @property
     def wsgi_app(self) -> Callable:
-        from virk_exporter.server import make_wsgi_app
+        from virk_exporter.http.server import make_wsgi_app
 
         return make_wsgi_app(self)
 
     @property
     def asgi_app(self) -> Callable:
-        from virk_exporter.server import make_asgi_app
+        from virk_exporter.http.server import make_asgi_app
 
         return make_asgi_app(self)
 
@@ -651,8 +651,8 @@ def _checked_reference(path: Any) -> str:
     """Fail at construction, with a clear message, on a reference the worker could not use."""
     from pathlib import Path
 
-    from virk_exporter.embed import embedder_from_id
-    from virk_exporter.reference import Reference
+    from virk_exporter.embed.embedders import embedder_from_id
+    from virk_exporter.reference.build import Reference
 
     path = Path(path.decode() if isinstance(path, bytes) else path)
     if not path.is_file():

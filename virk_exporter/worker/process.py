@@ -5,7 +5,7 @@ server that attaches to it. It listens on ``SOCKET_PATH`` before its heavy impor
 process can attach within milliseconds; each attached process is a :class:`Session` with its
 own arena and three connections (frames, control, events) and two threads here: one
 consumes its frame batches, one answers its requests (metrics, flush, alerts, snapshots).
-All sessions feed one :class:`~virk_exporter.monitor.Monitor` (one reference, one recorder,
+All sessions feed one :class:`~virk_exporter.worker.pipeline.Monitor` (one reference, one recorder,
 one drift state per source), one batch at a time. The worker exits when its last session
 has gone (after a short linger, so a restarting server worker finds it still there).
 """
@@ -26,10 +26,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from virk_exporter.metrics import WorkerMetrics
-from virk_exporter.rendezvous import Attached, Rendezvous, receive_attach, reply_attached
-from virk_exporter.totals import CallerTotals
-from virk_exporter.transport import SESSION_BITS, Arena, ForwardedLabels, FrameConsumer
+from virk_exporter.telemetry.metrics import WorkerMetrics
+from virk_exporter.wire.rendezvous import Attached, Rendezvous, receive_attach, reply_attached
+from virk_exporter.telemetry.totals import CallerTotals
+from virk_exporter.wire.transport import SESSION_BITS, Arena, ForwardedLabels, FrameConsumer
 
 log = logging.getLogger("virk_exporter.worker")
 
@@ -177,7 +177,7 @@ class Worker:
                 logging.getLogger("virk_exporter").setLevel(config.log_level)
             import torch
 
-            from virk_exporter.monitor import Monitor  # heavy imports once the socket listens
+            from virk_exporter.worker.pipeline import Monitor  # heavy imports once the socket listens
 
             torch.set_num_threads(1)  # monitoring must not take the model's cores
             self.metrics.start_at_zero(config.model, config.device)
@@ -305,6 +305,3 @@ def main(argv: list[str]) -> int:
     worker.serve()
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

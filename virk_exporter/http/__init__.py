@@ -1,0 +1,1 @@
+"""The HTTP side: the standalone server, its landing page and routes (metrics, health, rebase)."""

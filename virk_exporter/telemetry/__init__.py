@@ -1,0 +1,1 @@
+"""Telemetry out of the exporter: Prometheus metric families, OpenTelemetry tracing, cross-process totals."""

@@ -1,0 +1,1 @@
+"""What crosses the caller/worker boundary: the socket transport, its messages and the per-host rendezvous."""
