@@ -16,6 +16,7 @@ Only Exporter keyword arguments given on the command line differ from the defaul
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 import time
@@ -75,6 +76,7 @@ class ClipPlan:
     sources_per_worker: int = 16  # sources per Exporter (at 1280x720: a quarter of this)
     max_reference_frames: int = 5_000  # give up when a source is still learning after this many
     fps: float = 0.0  # pace the feed at this many frames per second per source (0: flat out)
+    reference_part: bool = False  # learn from every frame of the clip's reference part (overrides reference_* args)
 
     @classmethod
     def quick(cls) -> "ClipPlan":
@@ -201,7 +203,8 @@ def _observe(runs: list[Run], exporter: Any, position: int, last: dict[str, Any]
             {
                 "position": position,  # frames of this source after the reference period, so far
                 "p_value": m["p_value"] if m["p_value"] is not None else s.get("p_value"),
-                "drift": s.get("drift"),  # the single test's verdict, before hysteresis
+                "drift": s.get("drift"),  # the embedding test's verdict, before hysteresis
+                "capture_drift": (s.get("capture") or {}).get("drift"),  # the capture-fault test's verdict
                 "detected": bool(firing),
                 "fingerprint": firing[0].get("fingerprint") if firing else None,
                 "detector": firing[0].get("detector") if firing else None,
@@ -308,10 +311,12 @@ def score_run(run: Run) -> dict[str, Any]:
     """What a user would conclude from the metrics of one source."""
     out: dict[str, Any] = {"clip": run.clip, "source": run.source, "severity": run.severity, "tests": len(run.tests)}
     if run.onset is None:
-        flagged = [t["drift"] for t in run.tests if t["drift"] is not None]
+        flagged = [bool(t["drift"]) or bool(t.get("capture_drift")) for t in run.tests if t["drift"] is not None]
         out.update(
             kind="clean",
             flagged=int(sum(flagged)),
+            flagged_embedding=int(sum(bool(t["drift"]) for t in run.tests)),
+            flagged_capture=int(sum(bool(t.get("capture_drift")) for t in run.tests)),
             flag_rate=float(np.mean(flagged)) if flagged else float("nan"),
             ever_detected=any(t["detected"] for t in run.tests),
             fingerprints=sorted({t["fingerprint"] for t in run.tests if t["fingerprint"]}),
@@ -333,7 +338,7 @@ def score_run(run: Run) -> dict[str, Any]:
         cause=cause,
         band="1-2" if 0 < run.severity <= 2 else "3-5",
         detected_before_onset=any(t["detected"] for t in before),
-        flagged_before_onset=sum(bool(t["drift"]) for t in before),
+        flagged_before_onset=sum(bool(t["drift"]) or bool(t.get("capture_drift")) for t in before),
         tests_after_onset=len(after),
         detected=first is not None,
         tests_to_detect=None if first is None else first + 1,
@@ -358,7 +363,10 @@ def run_clips(
         for i in range(0, len(runs), per_worker):
             group = runs[i : i + per_worker]
             progress(f"{clip} ({w}x{h}): sources {i + 1}-{i + len(group)} of {len(runs)}")
-            info = run_group(stream, group, plan, exporter_args)
+            args = dict(exporter_args)
+            if plan.reference_part:  # the whole first part, every frame: the clip's stand-in for a long period
+                args.update(reference_period_s=0, reference_frames=len(stream.reference))
+            info = run_group(stream, group, plan, args)
             groups.append(dict(info, clip=clip, sources=[r.source for r in group]))
             scored += [score_run(r) | {"raw_tests": r.tests} for r in group]
     return {"plan": asdict(plan), "groups": groups, "runs": scored, "summary": summarize_clips(scored)}
@@ -398,11 +406,14 @@ def print_clips(result: dict[str, Any], title: str) -> None:
     console = Console(width=None if sys.stdout.isatty() else 150)
     runs = result["runs"]
     table = Table(title=f"clips ({title}): clean footage after the reference period")
-    for c in ("clip", "drift tests", "flagged", "virk_drift_detected ever 1", "fingerprints"):
+    for c in ("clip", "drift tests", "flagged (either test)", "embedding", "capture", "virk_drift_detected ever 1", "fingerprints"):
         table.add_column(c)
     for r in runs:
         if r["kind"] == "clean":
-            table.add_row(r["clip"], str(r["tests"]), f"{r['flagged']} ({100 * r['flag_rate']:.0f}%)", "yes" if r["ever_detected"] else "no", ", ".join(r["fingerprints"]))
+            table.add_row(
+                r["clip"], str(r["tests"]), f"{r['flagged']} ({100 * r['flag_rate']:.0f}%)", str(r["flagged_embedding"]), str(r["flagged_capture"]),
+                "yes" if r["ever_detected"] else "no", ", ".join(r["fingerprints"]),
+            )
     console.print(table)
     table = Table(title=f"clips ({title}): faults from the onset (tests counted after the onset)")
     for c in ("clip", "fault", "sev", "detected", "tests to detect", "fingerprint (settled)", "right", "alarm before onset", "diagnosis named it"):
@@ -437,8 +448,10 @@ def print_clips(result: dict[str, Any], title: str) -> None:
     )
 
 
-def run_and_print_clips(set_name: str, faults: list[material.Fault], quick: bool, exporter_args: dict[str, Any], title: str, explicit_faults: bool) -> dict[str, Any]:
-    plan = ClipPlan.quick() if quick else ClipPlan()
+def run_and_print_clips(
+    set_name: str, faults: list[material.Fault], quick: bool, exporter_args: dict[str, Any], title: str, explicit_faults: bool, reference_part: bool = False
+) -> dict[str, Any]:
+    plan = dataclasses.replace(ClipPlan.quick() if quick else ClipPlan(), reference_part=reference_part)
     chosen = faults if explicit_faults else [material.FAULTS[name] for name in CLIP_FAULTS]
     started = time.perf_counter()
     result = run_clips(set_name, chosen, plan, exporter_args, progress=lambda s: print(f"clips: {s}", file=sys.stderr, flush=True), explicit=explicit_faults)

@@ -20,7 +20,7 @@ import numpy as np
 from virk_exporter.drift.null import EmpiricalNull, block_starts, leave_out_bounds
 from virk_exporter.fingerprint.causes import CAUSES, MIN_SCORE, Diagnosis, Fingerprinter, finite_values
 
-NULL_MIN_SCALE = 0.25  # cause scores are log1p effect sizes: a tail scale below this over-trusts a quiet reference
+NULL_MIN_SCALE = 0.4  # cause scores are log1p effect sizes: a tail scale below this over-trusts a quiet reference
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,8 @@ class Learner:
     def done(self, now: float) -> bool:
         if self.count >= self.cap:
             return True
+        if self.period_s <= 0.0:  # no period: the first `cap` frames, as documented
+            return False
         elapsed = 0.0 if self.started is None else now - self.started
         return elapsed >= self.period_s and self.count >= self.minimum
 
