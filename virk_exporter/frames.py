@@ -13,13 +13,23 @@ Two halves, because they run in different places:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Sequence, TypeVar
 
 import numpy as np
 
 ColorOrder = Literal["rgb", "bgr"]
 
 _CHANNELS = (1, 3, 4)
+
+T = TypeVar("T")
+
+
+def evenly_spaced(items: Sequence[T], n: int) -> list[T]:
+    """``n`` items spread evenly over ``items``, first and last included (all of them when
+    there are at most ``n``): thumbnails and report frames are picked this way."""
+    if len(items) <= n:
+        return list(items)
+    return [items[int(i)] for i in np.linspace(0, len(items) - 1, n).round()]
 
 
 class FrameError(ValueError):

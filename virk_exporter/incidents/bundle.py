@@ -37,6 +37,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from virk_exporter.frames import evenly_spaced
 from virk_exporter.incidents.report import render_report
 from virk_exporter.incidents.webhook import Alert
 from virk_exporter.worker.recorder import RecordedFrame
@@ -256,17 +257,12 @@ def build_bundle(alert: Alert, model: str, context: IncidentContext) -> tuple[by
     }
     before = [f for f in context.frames if f.timestamp < onset]
     after = [f for f in context.frames if f.timestamp >= onset]
+    # only the frames the report shows get decoded (decoding all 128 would dominate build time)
     files["report.html"] = render_report(
-        manifest, before=_spread(before), after=_spread(after), reference=list(context.reference_frames), reference_file=context.reference_file
+        manifest, before=evenly_spaced(before, 6), after=evenly_spaced(after, 6), reference=list(context.reference_frames), reference_file=context.reference_file
     )
     return _seal(files, manifest), manifest
 
-
-def _spread(frames: list[RecordedFrame], n: int = 6) -> list[RecordedFrame]:
-    """Only the frames the report shows get decoded (decoding all 128 would dominate build time)."""
-    if len(frames) <= n:
-        return frames
-    return [frames[int(i)] for i in np.linspace(0, len(frames) - 1, n).round()]
 
 
 def _seal(files: dict[str, bytes], manifest: dict[str, Any]) -> bytes:

@@ -13,13 +13,15 @@ import html
 import io
 import json
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+from virk_exporter.frames import evenly_spaced
 
 
 THUMB_WIDTH = 240  # large enough that a defocus or a shift shows
@@ -40,13 +42,6 @@ def _thumbnail(rgb: np.ndarray) -> str:
     if not ok:
         raise ValueError("thumbnail could not be encoded")
     return base64.b64encode(buffer.tobytes()).decode()
-
-
-def _pick(items: Sequence[Any], n: int) -> list[Any]:
-    """n evenly spaced items (the whole sequence when it is short)."""
-    if len(items) <= n:
-        return list(items)
-    return [items[int(i)] for i in np.linspace(0, len(items) - 1, n).round()]
 
 
 ONSET_COLOUR = "#e6007e"  # the onset marker; a colour no other mark of the report uses (the screenshot test finds it)
@@ -288,7 +283,7 @@ Alert {html.escape(alert['labels'].get('alertname', 'alert'))} {html.escape(aler
 {plot_html}
 <h2>evidence</h2>{diagnosis_html(diagnosis)}
 <h2>frames</h2>
-{_images("reference", _pick(reference, THUMBS_PER_SIDE), "reference frame", None)}
+{_images("reference", evenly_spaced(reference, THUMBS_PER_SIDE), "reference frame", None)}
 {_images("before the onset", before, "frame before the alert", onset)}
 {_images("from the onset", after, "frame after the alert", onset)}
 <h2>alert</h2><table>{labels}{link_rows}</table>

@@ -36,6 +36,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from virk_exporter.frames import evenly_spaced
+
 FORMAT = "virkref"
 FORMAT_VERSION = 1
 DEFAULT_SOURCE = "default"
@@ -275,13 +277,12 @@ class _SourceBuilder:
 
     def finish(self, n_thumbnails: int) -> SourceReference:
         sample = [f for f in self.sample if f.shape == tuple(self.frame_shape)]
-        picks = np.linspace(0, len(sample) - 1, num=min(n_thumbnails, len(sample))).round().astype(int) if sample else []
         return SourceReference(
             name=self.name,
             embeddings=np.concatenate(self.embeddings),
             properties={k: np.concatenate(v) for k, v in self.properties.items()},
             fingerprint_state=_fingerprint_state(np.stack(sample)) if sample else None,
-            thumbnails=[thumbnail(sample[i]) for i in picks],
+            thumbnails=[thumbnail(f) for f in evenly_spaced(sample, n_thumbnails)],
             frame_shape=self.frame_shape,
         )
 
