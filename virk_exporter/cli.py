@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import click
 
 from virk_exporter._version import __version__
+from virk_exporter.config import default
 
 DEFAULT_PORT = 10098  # 9400 is NVIDIA dcgm-exporter's (README)
 
@@ -117,7 +118,7 @@ def demo(duration: float, fps: float, host: str, port: int, store: str | None, s
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=DEFAULT_PORT, show_default=True)
 @click.option("--webhook-token", envvar="VIRK_WEBHOOK_TOKEN", help="Bearer token Alertmanager must send (recommended).")
-@click.option("--reference-period", "reference_period_s", type=float, default=900.0, show_default=True,
+@click.option("--reference-period", "reference_period_s", type=float, default=default("reference_period_s"), show_default=True,
               help="Seconds of footage a learned reference samples (0: the first frames).")
 def serve(frames_path: str, model: str, reference_path: str | None, store: str | None, fps: float, loop: bool, host: str, port: int,
           webhook_token: str | None, reference_period_s: float) -> None:

@@ -110,3 +110,25 @@ def test_rebase_forgets_the_reference_and_the_verdict(tmp_path):
     assert status["phase"] == "learning" and not status["detected"] and status["p_value"] is None
     assert value(registry, "virk_reference_rebases_total", source="cam") == 1.0
     assert value(registry, "virk_reference_learning", source="cam") == 1.0
+
+
+def test_the_drift_tests_calibration_cli_and_replay_share_the_config_defaults():
+    import inspect
+
+    from virk_exporter.cli import main
+    from virk_exporter.commands.calibrate import calibrate as calibrate_command
+    from virk_exporter.config import ExporterConfig, default
+    from virk_exporter.drift.calibration import calibrate
+    from virk_exporter.drift.mmd import MMDDrift
+    from virk_exporter.drift.monitor import SourceDriftMonitor
+
+    config = ExporterConfig(model="defaults")
+    shared = {MMDDrift.__init__: ("n_permutations", "p_val"), SourceDriftMonitor.__init__: ("n_permutations", "p_val"), calibrate: ("n_permutations", "window", "test_every")}
+    for function, names in shared.items():
+        parameters = inspect.signature(function).parameters
+        for name in names:
+            assert parameters[name].default == getattr(config, name), (function, name)
+    options = {p.name: p.default for p in calibrate_command.params}
+    assert (options["window"], options["test_every"], options["n_permutations"]) == (config.window, config.test_every, config.n_permutations)
+    serve = {p.name: p.default for p in main.commands["serve"].params}
+    assert serve["reference_period_s"] == config.reference_period_s == default("reference_period_s")

@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from virk_exporter.drift.calibration import DEFAULTS, CalibrationReport, calibrate as run_calibration
+from virk_exporter.config import default
+from virk_exporter.drift.calibration import CalibrationReport, calibrate as run_calibration
 from virk_exporter.embed.embedders import embedder_from_id
 from virk_exporter.reference.build import Reference, read_frames
 
@@ -18,9 +19,9 @@ from virk_exporter.reference.build import Reference, read_frames
 @click.command("calibrate")
 @click.option("--reference", "reference_path", required=True, type=click.Path(exists=True, dir_okay=False), help="The .virkref the exporter will use.")
 @click.option("--frames", "frames_path", required=True, type=click.Path(exists=True), help="Clean frames NOT used to build the reference (directory or video), in stream order.")
-@click.option("--window", default=DEFAULTS.window, show_default=True, type=click.IntRange(min=2))
-@click.option("--test-every", default=DEFAULTS.test_every, show_default=True, type=click.IntRange(min=1))
-@click.option("--n-permutations", default=DEFAULTS.n_permutations, show_default=True, type=click.IntRange(min=1))
+@click.option("--window", default=default("window"), show_default=True, type=click.IntRange(min=2))
+@click.option("--test-every", default=default("test_every"), show_default=True, type=click.IntRange(min=1))
+@click.option("--n-permutations", default=default("n_permutations"), show_default=True, type=click.IntRange(min=1))
 @click.option("--target", default=0.01, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Acceptable false alarms per test.")
 @click.option("--every", default=1, show_default=True, type=click.IntRange(min=1), help="Keep one frame in N, as the exporter's sampling would.")
 @click.option("--device", default=None, help="Torch device (default: CUDA when available, else CPU).")
