@@ -20,24 +20,6 @@ from virk_exporter.config import default
 DEFAULT_PORT = 10098  # 9400 is NVIDIA dcgm-exporter's (README)
 
 
-def invocation() -> str:
-    """How the user's shell runs this CLI, for commands we print: ``virk-exporter`` when that is
-    what PATH finds, else the console script next to the interpreter (``.venv/bin/virk-exporter``
-    after ``make demo``, relative to the working directory when it lies under it)."""
-    import shutil
-    from pathlib import Path
-
-    script = Path(sys.executable).parent / "virk-exporter"
-    if not script.exists():
-        return f"{sys.executable} -m virk_exporter.cli"
-    if shutil.which("virk-exporter") == str(script):
-        return "virk-exporter"
-    try:
-        return str(script.absolute().relative_to(Path.cwd()))
-    except ValueError:
-        return str(script)
-
-
 class LazyGroup(click.Group):
     """A group whose subcommands live in modules imported on first use.
 

@@ -30,7 +30,7 @@ from rich.table import Table
 from virk_exporter.demo import corruptions
 
 from virk_exporter.demo import photos
-from virk_exporter.cli import invocation
+from virk_exporter.commands.invocation import invocation
 from virk_exporter.caller.exporter import Exporter
 from virk_exporter.incidents.webhook import make_alert_payload
 

@@ -27,7 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 from virk_exporter.incidents.bundle import alert_prefix
-from virk_exporter.incidents.store import LocalStore, Store, StoreError, StoreUnavailable, open_store
+from virk_exporter.incidents.store import LocalStore, Store, StoreError, StoreUnavailable
 from virk_exporter.incidents.journal import Journal
 from virk_exporter.incidents.webhook import (
     FINGERPRINT_RE,
@@ -43,7 +43,7 @@ from virk_exporter.incidents.webhook import (
     parse_notification,
     route,
 )
-from virk_exporter.http.server import Request, Response
+from virk_exporter.http.messages import Request, Response
 
 _STAMP_RE = re.compile(r"\d{8}T\d{6}\.\d{9}Z")  # fullmatch only
 _store_lock = threading.Lock()
@@ -152,10 +152,8 @@ def _accept(exporter: Any, notification: AlertNotification, alerts: list[Alert])
 
 
 def incident_store(exporter: Any) -> Store:
-    with _store_lock:
-        if exporter.store is None:
-            exporter.store = open_store(exporter.config.store)
-        return exporter.store
+    """The exporter's incident store (``exporter.store``, a LazyStore, opens it once)."""
+    return exporter.store.open()
 
 
 def _loopback(remote: str) -> bool:
