@@ -5,11 +5,17 @@ through a subprocess, driven directly."""
 from __future__ import annotations
 
 import numpy as np
+from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 
 from virk_exporter.config import ExporterConfig
 from virk_exporter.demo import corruptions, photos
+from virk_exporter.commands.bundle import bundle as bundle_command
+from virk_exporter.embed.embedders import RandomConvEncoder
+from virk_exporter.incidents.bundle import build_bundle, read_bundle
+from virk_exporter.incidents.replay import replay
 from virk_exporter.incidents.webhook import Alert, Timestamp
+from virk_exporter.reference.build import build_reference
 from virk_exporter.telemetry.metrics import WorkerMetrics
 from virk_exporter.wire.transport import Arrays, BatchInfo
 from virk_exporter.worker.pipeline import Monitor
@@ -28,7 +34,7 @@ def make(tmp_path, **overrides) -> tuple[Monitor, CollectorRegistry]:
     return Monitor(config, WorkerMetrics(registry), None), registry
 
 
-def feed(monitor: Monitor, frames: np.ndarray, source: str = "cam", start: float = 1_000_000.0, first_id: int = 0) -> list:
+def feed(monitor: Monitor, frames: np.ndarray, source: str = "cam", start: float = 1_000_000.0, first_id: int = 0, function: str | None = None) -> list:
     """Batches of 8 through the pipeline; the span records it returns (tracing on)."""
     records = []
     for i in range(0, len(frames), 8):
@@ -39,6 +45,7 @@ def feed(monitor: Monitor, frames: np.ndarray, source: str = "cam", start: float
             timestamp=start + i,
             color="rgb",
             channels_first=False,
+            function=function,
         )
         records.append(monitor.process(info, Arrays(batch)))
     return [r for r in records if r is not None]
@@ -68,7 +75,7 @@ def test_learning_then_noise_is_detected_diagnosed_exported_and_bundled(tmp_path
     assert not status["detected"] and status["p_value"] is not None
 
     noisy = corruptions.apply("gaussian_noise", clean[64:96], severity=5)
-    records = feed(monitor, noisy, start=1_000_200.0, first_id=64)
+    records = feed(monitor, noisy, start=1_000_200.0, first_id=64, function="shop.vision:Model.predict")
     status = monitor.command("status")["sources"]["cam"]
     assert status["detected"], status
     assert status["detector"] in ("properties", "both") and status["fingerprint"] == "noise"
@@ -88,6 +95,20 @@ def test_learning_then_noise_is_detected_diagnosed_exported_and_bundled(tmp_path
     assert context.diagnosis["cam"]["top"] == "noise"
     assert [DriftResult.from_dict(p) for p in context.drift_timeline] == timeline
     assert context.reference_file and context.frames and context.config["embedder_id"] == monitor.analysis.embedder.id
+    assert context.predict == "shop.vision:Model.predict"
+
+    # the bundle names the function to replay (manifest, report, `bundle show`) and replays alone
+    data, manifest = build_bundle(alert("cam"), "unit", context)
+    bundle = read_bundle(data)
+    assert bundle.manifest["predict"] == "shop.vision:Model.predict"
+    assert b"--predict shop.vision:Model.predict" in bundle.files["report.html"]
+    path = tmp_path / "bundle.zip"
+    path.write_bytes(data)
+    shown = CliRunner().invoke(bundle_command, ["show", str(path)], terminal_width=200)
+    assert shown.exit_code == 0 and "shop.vision:Model.predict" in shown.output, shown.output
+    replayed = replay(bundle)
+    drift = [c for c in replayed.comparisons if c.what == "drift"]
+    assert drift and drift[0].recorded is True and drift[0].match, replayed
 
 
 def test_a_failing_stage_is_counted_and_the_batch_dropped(tmp_path):
@@ -132,3 +153,38 @@ def test_the_drift_tests_calibration_cli_and_replay_share_the_config_defaults():
     assert (options["window"], options["test_every"], options["n_permutations"]) == (config.window, config.test_every, config.n_permutations)
     serve = {p.name: p.default for p in main.commands["serve"].params}
     assert serve["reference_period_s"] == config.reference_period_s == default("reference_period_s")
+
+
+def test_a_reference_without_the_streams_source_is_counted_logged_once_and_the_source_learns(tmp_path, caplog):
+    clean = stream(80)
+    path = build_reference({"cam1": clean[:32]}, RandomConvEncoder(), progress=False).save(tmp_path / "ref.virkref")
+    monitor, registry = make(tmp_path, reference_path=str(path))
+    with caplog.at_level("WARNING", logger="virk_exporter.worker"):
+        feed(monitor, clean[32:48], source="cam1")
+        for _ in range(3):  # 24 samples: still learning (reference_frames=40)
+            feed(monitor, clean[48:56], source="cam2")
+    sources = monitor.command("status")["sources"]
+    assert sources["cam1"]["phase"] == "watching" and sources["cam1"]["reference_origin"] == "file"
+    assert sources["cam2"]["phase"] == "learning"
+    assert value(registry, "virk_errors_total", stage="reference") == 1.0
+    assert len([r for r in caplog.records if "'cam2' is not in the reference file" in r.getMessage()]) == 1
+
+
+def test_a_reference_built_without_source_labels_serves_every_source(tmp_path):
+    clean = stream(48)
+    path = build_reference(clean[:32], RandomConvEncoder(), progress=False).save(tmp_path / "ref.virkref")
+    monitor, registry = make(tmp_path, reference_path=str(path))
+    feed(monitor, clean[32:48], source="gate")
+    assert monitor.command("status")["sources"]["gate"]["phase"] == "watching"
+    assert value(registry, "virk_errors_total", stage="reference") is None
+
+
+def test_drift_result_round_trips_and_reads_old_timeline_entries():
+    result = DriftResult(5.0, "cam", 0.3, 0.004, 0.1, True, True, 2.0, 0.001, True, "both", "blur", "blur", True, ("site=a",))
+    assert DriftResult.from_dict(result.to_dict()) == result
+    old = {"timestamp": 7, "source": "cam1", "statistic": 0.3, "p_value": 0.005, "threshold": 0.05, "detected": True, "fingerprint": "brightness"}
+    read = DriftResult.from_dict(old)
+    assert (read.detected, read.p_value, read.fingerprint, read.capture_p_value, read.detector) == (True, 0.005, "brightness", None, "none")
+    assert DriftResult.from_dict({"timestamp": "x", "p_value": True, "capture": []}).p_value is None
+    attributes = result.span_attributes()
+    assert attributes["virk.slices.top"] == "site=a" and None not in attributes.values()

@@ -195,6 +195,7 @@ class Exporter:
                 inspect.signature(function) if source is not None or tags is not None else None,
                 options,
                 function.__qualname__,
+                f"{function.__module__}:{function.__qualname__}",
                 {"code.function.name": f"{function.__module__}.{function.__qualname__}", "virk.model": self.model},
             )
             if inspect.iscoroutinefunction(function):
@@ -340,6 +341,7 @@ class Exporter:
             span_id=span_id,
             output=output_summary(call.result, call.error),
             tags=self._tags_of(call, chosen) if call.target.options["tags"] is not None else None,
+            function=call.target.function,
         )
         reason = self._worker.put(Arrays(batch, outputs, features), info)
         if reason is not None:
@@ -599,6 +601,7 @@ class _Target:
     signature: inspect.Signature | None
     options: dict[str, Any]
     name: str
+    function: str  # module:qualname, what `bundle replay --predict` takes
     attributes: dict[str, Any]
 
 

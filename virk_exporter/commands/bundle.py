@@ -56,6 +56,7 @@ def show(file: str) -> None:
         ("started", alert["startsAt"]),
         ("resolved", (m.get("resolved") or {}).get("endsAt", "no")),
         ("cause", str(m.get("cause"))),
+        ("predict", m.get("predict") or "not recorded (pass --predict module:function to replay)"),
         ("sources", ", ".join(m.get("sources", []))),
         ("frames", str(len(m.get("frames", [])))),
         ("reference samples", str(len(m.get("reference", [])))),
@@ -124,13 +125,13 @@ def fetch(fingerprint: str, store_url: str, model: str | None, output: str | Non
     except (StoreError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     try:
-        read_bundle(data)
+        fetched = read_bundle(data)
     except BundleError as error:
         raise click.ClickException(f"{keys[-1]}: {error}") from None
     target = Path(output or f"virk-{fingerprint}-{keys[-1].split('/')[-2]}.zip")
     target.write_bytes(data)
     console.print(f"{target} ({len(data)} bytes, verified) from {store.url}/{keys[-1]}")
-    console.print(f"replay: virk-exporter bundle replay {target} --predict your_module:predict")
+    console.print(f"replay: virk-exporter bundle replay {target} --predict {fetched.manifest.get('predict') or 'module:function'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -92,6 +92,7 @@ class IncidentContext:
     diagnosis: dict[str, dict] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     reference_file: bytes | None = None
+    predict: str | None = None  # the decorated function as module:qualname, for `bundle replay --predict`
 
 
 def bundle_key(model: str, alert: Alert) -> str:
@@ -253,6 +254,7 @@ def build_bundle(alert: Alert, model: str, context: IncidentContext) -> tuple[by
         "drift_timeline": context.drift_timeline,
         "diagnosis": context.diagnosis,
         "config": context.config,
+        "predict": context.predict,
         "packages": package_versions(),
     }
     before = [f for f in context.frames if f.timestamp < onset]
@@ -419,6 +421,7 @@ def check_manifest(manifest: Any) -> dict[str, Any]:
     for i, path in enumerate(_expect(manifest.get("reference", []), list, "'reference'")):
         _expect(path, str, f"'reference[{i}]'")
     _expect(manifest.get("reference_file") or "", str, "'reference_file'")
+    _expect(manifest.get("predict") or "", str, "'predict'")
     _expect(manifest.get("resolved") or {}, dict, "'resolved'")
     for i, point in enumerate(_expect(manifest.get("drift_timeline", []), list, "'drift_timeline'")):
         _expect(point, dict, f"'drift_timeline[{i}]'")

@@ -288,7 +288,7 @@ Alert {html.escape(alert['labels'].get('alertname', 'alert'))} {html.escape(aler
 {_images("from the onset", after, "frame after the alert", onset)}
 <h2>alert</h2><table>{labels}{link_rows}</table>
 <h2>replay</h2><pre>virk-exporter bundle verify bundle.zip
-virk-exporter bundle replay bundle.zip --predict MODULE:FUNCTION   # the function you decorated with @exporter.monitor</pre>
+virk-exporter bundle replay bundle.zip --predict {html.escape(manifest.get('predict') or 'MODULE:FUNCTION')}   # the function you decorated with @exporter.monitor</pre>
 <details><summary>diagnosis as recorded (JSON)</summary><pre>{html.escape(recorded)}</pre></details>
 <p>{len(manifest.get('frames', []))} frames from {html.escape(', '.join(manifest.get('sources', [])))}; {len(reference)} reference samples.</p>
 </body></html>

@@ -95,8 +95,9 @@ class Baselines:
         if name in self._mismatched:
             return
         self._mismatched.add(name)
-        self.stages.count("reference", f"source {name!r} is not in the reference file {self.config.reference_path} (it has {known})")
-        log.warning("source %r is not in the reference file (it has %s): learning its own reference", name, known)
+        # counted as a failure of the reference stage, logged here: once per source, not per stage
+        self.stages.metrics.errors.labels(self.config.model, "reference").inc()
+        log.warning("source %r is not in the reference file %s (it has %s): learning its own reference", name, self.config.reference_path, known)
 
     # ------------------------------------------------------------------ the store
     def _reference_store(self) -> ReferenceStore | None:

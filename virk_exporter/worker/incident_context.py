@@ -68,6 +68,7 @@ class Incidents:
         self.spans = spans
         self.send_span = send_span
         self.timeline = Timeline()
+        self.functions: dict[str, str] = {}  # source -> the decorated function (module:qualname) that saw it last
         self._manager: Any = None
         from virk_exporter.incidents.journal import Journal
 
@@ -98,6 +99,7 @@ class Incidents:
             states = [sources[n] for n in names if sources[n].detectors is not None]
             embeddings, diagnosis = _embeddings(states), _diagnosis(states)
             timeline = [r.to_dict() for r in self.timeline.of(wanted if known else None)]
+            functions = {self.functions[n] for n in names if n in self.functions}
             reference_frames = [t for state in states for t in state.baseline.thumbnails]
             reference_file = to_bytes({s.name: s.baseline for s in states}, self.analysis.embedder.id) if states else None
         return IncidentContext(
@@ -108,6 +110,7 @@ class Incidents:
             diagnosis=diagnosis,
             config=self.bundle_config(),
             reference_file=reference_file,
+            predict=functions.pop() if len(functions) == 1 else None,  # several: the user knows which
         )
 
     def bundle_config(self) -> dict[str, Any]:

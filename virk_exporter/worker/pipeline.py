@@ -80,6 +80,8 @@ class Monitor:
                 ]
             features = arrays.features if self.config.embedder == "features" else arrays.outputs
             with self.lock:
+                if info.function:
+                    self.incidents.functions.update(dict.fromkeys(info.sources, info.function))
                 self._record(self.analysis.process(rgb, features, recorded))
                 for frame in recorded:
                     self.recorder.add(frame)

@@ -49,10 +49,9 @@ class Stages:
         finally:
             self.metrics.stage_seconds.labels(self.model, name).observe(time.perf_counter() - started)
 
-    def count(self, name: str, problem: BaseException | str) -> None:
-        """Count one failure of ``name`` and log the first one (with its traceback when it has one)."""
+    def count(self, name: str, problem: BaseException) -> None:
+        """Count one failure of ``name`` and log the first one, with its traceback."""
         self.metrics.errors.labels(self.model, name).inc()
         if name not in self._logged:
             self._logged.add(name)
-            error = problem if isinstance(problem, BaseException) else None
-            log.warning("monitoring stage %r failed (logged once per stage): %s", name, problem, exc_info=error)
+            log.warning("monitoring stage %r failed (logged once per stage): %s", name, problem, exc_info=problem)
