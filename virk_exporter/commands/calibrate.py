@@ -13,7 +13,7 @@ from rich.table import Table
 from virk_exporter.config import default
 from virk_exporter.drift.calibration import CalibrationReport, calibrate as run_calibration
 from virk_exporter.embed.embedders import embedder_from_id
-from virk_exporter.reference.build import Reference, read_frames
+from virk_exporter.reference.build import Reference, read_frames, source_batches
 
 
 @click.command("calibrate")
@@ -45,24 +45,11 @@ def calibrate(
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     by_source: dict[str, list[np.ndarray]] = defaultdict(list)
-    batch: list[tuple[str, np.ndarray]] = []
-
-    def flush() -> None:
-        for name in {s for s, _ in batch}:
-            frames = np.stack([f for s, f in batch if s == name])
-            by_source[name].append(embedder.embed(frames))
-        batch.clear()
-
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console) as bar:
         task = bar.add_task("embedding held-out frames", total=None)
-        for source, frame in read_frames(frames_path, every=every):
-            batch.append((source, frame))
-            if len(batch) >= 64:
-                flush()
-                bar.advance(task, 64)
-        n_last = len(batch)
-        flush()
-        bar.advance(task, n_last)
+        for source, frames in source_batches(read_frames(frames_path, every=every)):
+            by_source[source].append(embedder.embed(frames))
+            bar.advance(task, len(frames))
         reports: dict[str, CalibrationReport] = {}
         for name, parts in by_source.items():
             target_source = name if name in ref.sources else (next(iter(ref.sources)) if len(ref.sources) == 1 else None)

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from virk_exporter.config import default
+from virk_exporter.frames import is_torch_tensor
 from virk_exporter.incidents.bundle import Bundle
 from virk_exporter.worker.results import DriftResult
 
@@ -79,7 +80,7 @@ def load_function(spec: str) -> Callable[..., Any]:
 
 def summarize(output: Any) -> str:
     """A short, comparable description of one model output."""
-    if hasattr(output, "detach"):
+    if is_torch_tensor(output):
         output = output.detach().cpu().numpy()
     if isinstance(output, np.ndarray):
         mean = f" mean={float(np.mean(output)):.4g}" if output.size and np.issubdtype(output.dtype, np.number) else ""

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from virk_exporter.frames import evenly_spaced
+from virk_exporter.worker.recorder import encode_frame
 
 
 THUMB_WIDTH = 240  # large enough that a defocus or a shift shows
@@ -38,10 +39,7 @@ def _png(figure: Figure) -> str:
 def _thumbnail(rgb: np.ndarray) -> str:
     height = max(1, round(rgb.shape[0] * THUMB_WIDTH / rgb.shape[1]))
     small = cv2.resize(rgb, (THUMB_WIDTH, height), interpolation=cv2.INTER_AREA)
-    ok, buffer = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
-    if not ok:
-        raise ValueError("thumbnail could not be encoded")
-    return base64.b64encode(buffer.tobytes()).decode()
+    return base64.b64encode(encode_frame(small, "jpeg", 80)).decode()
 
 
 ONSET_COLOUR = "#e6007e"  # the onset marker; a colour no other mark of the report uses (the screenshot test finds it)

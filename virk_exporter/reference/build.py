@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from virk_exporter.frames import evenly_spaced
+from virk_exporter.worker.recorder import decode_image
 
 FORMAT = "virkref"
 FORMAT_VERSION = 1
@@ -157,8 +158,7 @@ class Reference:
                 fp = _read_npz(zf.read(f"{d}/fingerprint.npz")) if f"{d}/fingerprint.npz" in names else None
                 thumbs = []
                 for k in range(int(entry.get("thumbnails", 0))):
-                    raw = np.frombuffer(zf.read(f"{d}/thumbnails/{k}.png"), np.uint8)
-                    thumbs.append(cv2.cvtColor(cv2.imdecode(raw, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
+                    thumbs.append(decode_image(zf.read(f"{d}/thumbnails/{k}.png")))
                 sources[entry["name"]] = SourceReference(
                     name=entry["name"],
                     embeddings=np.load(io.BytesIO(zf.read(f"{d}/embeddings.npy"))),
@@ -206,6 +206,24 @@ def build_reference(
     return build_reference_pairs(pairs, embedder, progress, batch_size, fingerprint_frames, n_thumbnails, total, seed)
 
 
+def source_batches(pairs: Iterable[tuple[str, np.ndarray]], batch_size: int = 64) -> Iterator[tuple[str, np.ndarray]]:
+    """``(source, frame)`` pairs as ``(source, stacked frames)`` batches of at most
+    ``batch_size`` frames of one source and one shape (a shape change closes the batch)."""
+    pending: dict[str, list[np.ndarray]] = {}
+    for name, frame in pairs:
+        batch = pending.setdefault(name, [])
+        if batch and batch[0].shape != frame.shape:
+            yield name, np.stack(batch)
+            batch.clear()
+        batch.append(frame)
+        if len(batch) >= batch_size:
+            yield name, np.stack(batch)
+            batch.clear()
+    for name, batch in pending.items():
+        if batch:
+            yield name, np.stack(batch)
+
+
 def build_reference_pairs(
     pairs: Iterable[tuple[str, np.ndarray]],
     embedder: Any,
@@ -221,23 +239,9 @@ def build_reference_pairs(
     builders: dict[str, _SourceBuilder] = {}
     rng = np.random.default_rng(seed)
     with _progress(progress, total) as advance:
-        pending: dict[str, list[np.ndarray]] = {}
-
-        def flush(name: str, batch: list[np.ndarray]) -> None:
-            builders.setdefault(name, _SourceBuilder(name, fingerprint_frames, rng)).add(np.stack(batch), embedder)
+        for name, batch in source_batches(pairs, batch_size):
+            builders.setdefault(name, _SourceBuilder(name, fingerprint_frames, rng)).add(batch, embedder)
             advance(len(batch))
-            batch.clear()
-
-        for name, frame in pairs:
-            batch = pending.setdefault(name, [])
-            if batch and batch[0].shape != frame.shape:  # a shape change closes the batch
-                flush(name, batch)
-            batch.append(frame)
-            if len(batch) >= batch_size:
-                flush(name, batch)
-        for name, batch in pending.items():
-            if batch:
-                flush(name, batch)
     if not builders:
         raise ValueError("no reference frames")
     return Reference(

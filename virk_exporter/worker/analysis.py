@@ -112,20 +112,9 @@ class SourceAnalysis:
             fingerprint, detector, self.cause = "none", "none", "none"
         self.diagnosis = capture.diagnosis
         return DriftResult(
-            timestamp=timestamp,
-            source=self.name,
-            statistic=update.statistic,
-            p_value=update.p_value,
-            threshold=update.threshold,
-            drift=update.drift,
-            detected=self.detected,
-            capture_statistic=capture.statistic,
-            capture_p_value=capture.p_value,
-            capture_drift=capture.drift,
-            detector=detector,
-            fingerprint=fingerprint,
-            top_cause=capture.diagnosis.top,
-            onset=self.detected and not was_detected,
+            timestamp, self.name, update.statistic, update.p_value, update.threshold, update.drift, self.detected,
+            capture_statistic=capture.statistic, capture_p_value=capture.p_value, capture_drift=capture.drift,
+            detector=detector, fingerprint=fingerprint, top_cause=capture.diagnosis.top, onset=self.detected and not was_detected,
         )
 
     def status(self) -> dict[str, Any]:
