@@ -19,6 +19,9 @@ def default_store() -> str:
 
 @dataclass
 class ExporterConfig:
+    """Every setting of one exporter, validated on construction; the one source of defaults
+    (:func:`default`), passed to the worker process as is."""
+
     model: str
     store: str = field(default_factory=default_store)
     reference_path: str | None = None  # a .virkref file; frames are passed separately

@@ -41,6 +41,8 @@ POOL = 40  # distinct frames rendered per camera
 
 @dataclass(frozen=True)
 class Camera:
+    """One simulated camera of the demo and the incident it is scripted to have."""
+
     name: str
     photo: str
     incident: str | None  # corruption name (virk_exporter.demo.corruptions)

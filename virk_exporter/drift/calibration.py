@@ -23,6 +23,8 @@ from virk_exporter.drift.null import EmpiricalNull
 
 @dataclass(frozen=True)
 class Setting:
+    """One candidate (p_val, hysteresis) and the false alarms it raised on held-out clean frames."""
+
     p_val: float
     hysteresis: int
     alarms: int  # tests whose last `hysteresis` results all drifted
@@ -33,6 +35,8 @@ class Setting:
 
 @dataclass
 class CalibrationReport:
+    """What ``calibrate`` found: the schedule replayed, each setting's false-alarm rate, the pick."""
+
     window: int
     test_every: int
     n_permutations: int

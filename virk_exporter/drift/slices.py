@@ -76,6 +76,8 @@ def tags_per_frame(value: Any, n: int) -> list[dict[str, str]]:
 # ---------------------------------------------------------------------- worker side: ranking
 @dataclass(frozen=True)
 class SliceResult:
+    """One ``key=value`` slice's MMD test against the reference, with its BH-adjusted q-value."""
+
     slice: str  # "key=value"
     support: int  # frames of the slice in the recent buffer
     tested_frames: int  # frames the test used (the newest, at most MAX_SLICE_FRAMES)
@@ -91,6 +93,8 @@ class SliceResult:
 
 @dataclass(frozen=True)
 class SliceRanking:
+    """The tested slices of one source, most drifted first, and those left untested."""
+
     slices: list[SliceResult]  # tested slices, significant first, then by score
     untested: dict[str, int]  # slices below min_support, beyond MAX_SLICES, or holding every frame: their support
     frames: int  # frames in the recent buffer the ranking looked at

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Request:
+    """An HTTP request as a route sees it."""
+
     method: str
     path: str
     query: dict[str, list[str]]
@@ -18,6 +20,8 @@ class Request:
 
 @dataclass
 class Response:
+    """What a route answers."""
+
     status: int
     body: bytes
     content_type: str = "text/plain; charset=utf-8"

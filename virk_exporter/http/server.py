@@ -128,6 +128,8 @@ def make_wsgi_app(exporter: Any) -> Callable:
 
 
 class _BodyError(Exception):
+    """A request body that cannot be read; carries the response to send instead."""
+
     def __init__(self, response: Response) -> None:
         self.response = response
 

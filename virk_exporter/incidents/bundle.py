@@ -449,6 +449,8 @@ def check_manifest(manifest: Any) -> dict[str, Any]:
 
 @dataclass
 class Bundle:
+    """A read (or built) incident bundle: its manifest and its files, checked against their digests."""
+
     manifest: dict[str, Any]
     files: Mapping[str, bytes]  # entries read on access (an _Entries for a read bundle)
 

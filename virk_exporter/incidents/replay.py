@@ -35,6 +35,8 @@ from virk_exporter.worker.results import DriftResult
 
 @dataclass
 class Comparison:
+    """One recorded value beside its replayed one (drift decision, p-value, cause, predict)."""
+
     source: str
     what: str  # "drift", "p_value", "cause", "predict"
     recorded: Any
@@ -51,6 +53,8 @@ class Comparison:
 
 @dataclass
 class ReplayResult:
+    """Everything a replay compared, the notes on what it could not, and predict's outputs."""
+
     comparisons: list[Comparison] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     outputs: dict[str, list[Any]] = field(default_factory=dict)  # source -> predict results

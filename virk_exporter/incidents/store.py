@@ -85,6 +85,8 @@ _REFUSALS = {
 
 @dataclass(frozen=True)
 class StoredObject:
+    """One object in a store, as listed."""
+
     key: str  # relative to the store's prefix
     size: int
     modified: float  # unix seconds
@@ -105,6 +107,8 @@ def tag_value(value: str) -> str:
 
 
 class Store(Protocol):
+    """Where bundles and references go: a local directory or S3 (``open_store``)."""
+
     url: str
 
     def put(self, key: str, data: bytes, tags: dict[str, str]) -> None: ...

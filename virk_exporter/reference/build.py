@@ -52,6 +52,8 @@ class ReferenceMismatchError(ValueError):
 
 @dataclass
 class SourceReference:
+    """One source's saved reference: embeddings, property series, fingerprinter state, thumbnails."""
+
     name: str
     embeddings: np.ndarray  # float32 [n, d]
     properties: dict[str, np.ndarray] = field(default_factory=dict)
@@ -74,6 +76,8 @@ class SourceReference:
 
 @dataclass
 class Reference:
+    """A ``.virkref``: the embedder's id and a reference per source (``save``/``load``)."""
+
     embedder_id: str
     sources: dict[str, SourceReference]
     created: str = ""
@@ -252,6 +256,8 @@ def build_reference_pairs(
 
 
 class _SourceBuilder:
+    """Accumulates one source's reference while frames stream through ``build_reference``."""
+
     def __init__(self, name: str, fingerprint_frames: int, rng: np.random.Generator) -> None:
         self.name = name
         self.embeddings: list[np.ndarray] = []

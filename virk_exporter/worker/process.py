@@ -73,6 +73,8 @@ class Session:
 
 
 class Worker:
+    """The worker process: accepts callers' connections, runs each model's pipeline, exports."""
+
     def __init__(self, listener: socket.socket, rendezvous: Rendezvous) -> None:
         self.listener = listener
         self.rendezvous = rendezvous
