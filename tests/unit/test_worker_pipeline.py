@@ -188,3 +188,28 @@ def test_drift_result_round_trips_and_reads_old_timeline_entries():
     assert DriftResult.from_dict({"timestamp": "x", "p_value": True, "capture": []}).p_value is None
     attributes = result.span_attributes()
     assert attributes["virk.slices.top"] == "site=a" and None not in attributes.values()
+
+
+def test_nan_frames_fail_the_normalize_stage_and_one_odd_frame_cannot_stall_learning(tmp_path):
+    monitor, registry = make(tmp_path)
+    monitor.process(BatchInfo([0], ["cam"], 1.0, "rgb", False), Arrays(np.full((1, 8, 8, 3), np.nan, np.float32)))
+    assert value(registry, "virk_errors_total", stage="normalize") == 1.0
+    frames = stream(48)
+    feed(monitor, frames[:8])
+    monitor.process(BatchInfo([99], ["cam"], 1_000_008.5, "rgb", False), Arrays(np.zeros((1, 16, 16, 3), np.uint8)))
+    feed(monitor, frames[8:48], start=1_000_009.0, first_id=8)
+    assert monitor.command("status")["sources"]["cam"]["phase"] == "watching"
+    assert value(registry, "virk_errors_total", stage="reference") is None
+
+
+def test_a_content_change_in_the_features_is_labelled_content(tmp_path):
+    monitor, registry = make(tmp_path, embedder="features", hysteresis=2)
+    rng = np.random.default_rng(0)
+    frames = stream(200, seed=4)
+    for i in range(0, 200, 8):
+        shift = 0.0 if i < 48 else 5.0
+        info = BatchInfo(list(range(i, i + 8)), ["cam"] * 8, 1_000_000.0 + i, "rgb", False)
+        monitor.process(info, Arrays(frames[i : i + 8], features=rng.normal(shift, 1.0, size=(8, 8)).astype(np.float32)))
+    status = monitor.command("status")["sources"]["cam"]
+    assert status["detected"] and (status["fingerprint"], status["detector"]) == ("content", "embedding")
+    assert value(registry, "virk_drift_detected", source="cam", fingerprint="content", detector="embedding") == 1.0
