@@ -82,7 +82,7 @@ def test_p_values_uniform_under_no_drift_and_false_alarm_rate() -> None:
 def test_detects_clear_shift_and_threshold_matches_decision() -> None:
     rng = np.random.default_rng(3)
     x = rng.normal(size=(200, 8))
-    det = MMDDrift(x, n_permutations=100, seed=0)
+    det = MMDDrift(x, n_permutations=100, p_val=0.05, seed=0)
     shifted = det.test(rng.normal(size=(64, 8)) + 0.75)
     assert shifted.drift and shifted.p_value == pytest.approx(1 / 101)
     for i in range(30):

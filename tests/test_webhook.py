@@ -15,7 +15,7 @@ from servers import free_port
 from virk_exporter.config import ExporterConfig
 from virk_exporter.incidents.bundle import build_bundle, bundle_key
 from virk_exporter.incidents.http import handle_alerts, handle_incident
-from virk_exporter.incidents.store import LocalStore
+from virk_exporter.incidents.store import LazyStore, LocalStore
 from virk_exporter.incidents.webhook import WebhookError, make_alert_payload, parse_notification
 from virk_exporter.telemetry.metrics import CallerMetrics
 from virk_exporter.http.server import Request, serve
@@ -55,7 +55,7 @@ class FakeExporter:
 
         self.config = ExporterConfig(model=MODEL, store=str(tmp_path / "store"), **config)
         self.model = MODEL
-        self.store = None
+        self.store = LazyStore(self.config.store)
         self.metrics = CallerMetrics(CollectorRegistry())
         self.submitted: list = []
 

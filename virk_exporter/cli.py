@@ -15,26 +15,9 @@ from typing import Any, Iterator
 import click
 
 from virk_exporter._version import __version__
+from virk_exporter.config import default
 
 DEFAULT_PORT = 10098  # 9400 is NVIDIA dcgm-exporter's (README)
-
-
-def invocation() -> str:
-    """How the user's shell runs this CLI, for commands we print: ``virk-exporter`` when that is
-    what PATH finds, else the console script next to the interpreter (``.venv/bin/virk-exporter``
-    after ``make demo``, relative to the working directory when it lies under it)."""
-    import shutil
-    from pathlib import Path
-
-    script = Path(sys.executable).parent / "virk-exporter"
-    if not script.exists():
-        return f"{sys.executable} -m virk_exporter.cli"
-    if shutil.which("virk-exporter") == str(script):
-        return "virk-exporter"
-    try:
-        return str(script.absolute().relative_to(Path.cwd()))
-    except ValueError:
-        return str(script)
 
 
 class LazyGroup(click.Group):
@@ -117,7 +100,7 @@ def demo(duration: float, fps: float, host: str, port: int, store: str | None, s
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=DEFAULT_PORT, show_default=True)
 @click.option("--webhook-token", envvar="VIRK_WEBHOOK_TOKEN", help="Bearer token Alertmanager must send (recommended).")
-@click.option("--reference-period", "reference_period_s", type=float, default=900.0, show_default=True,
+@click.option("--reference-period", "reference_period_s", type=float, default=default("reference_period_s"), show_default=True,
               help="Seconds of footage a learned reference samples (0: the first frames).")
 def serve(frames_path: str, model: str, reference_path: str | None, store: str | None, fps: float, loop: bool, host: str, port: int,
           webhook_token: str | None, reference_period_s: float) -> None:

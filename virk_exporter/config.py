@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 ColorOrder = Literal["rgb", "bgr"]
 
@@ -19,6 +19,9 @@ def default_store() -> str:
 
 @dataclass
 class ExporterConfig:
+    """Every setting of one exporter, validated on construction; the one source of defaults
+    (:func:`default`), passed to the worker process as is."""
+
     model: str
     store: str = field(default_factory=default_store)
     reference_path: str | None = None  # a .virkref file; frames are passed separately
@@ -150,3 +153,12 @@ def check_sample(sample: float | int) -> None:
             raise ValueError("sample as an integer means every N-th frame: N must be >= 1")
     elif not 0.0 < float(sample) <= 1.0:
         raise ValueError("sample as a float is a rate in (0, 1]")
+
+
+def default(name: str) -> Any:
+    """The default of one :class:`ExporterConfig` setting: the CLI, calibration, replay and the
+    drift tests' own defaults read it here, so there is one source of defaults."""
+    spec = next((f for f in fields(ExporterConfig) if f.name == name), None)
+    if spec is None:
+        raise KeyError(f"ExporterConfig has no setting {name!r}")
+    return spec.default_factory() if spec.default is MISSING else spec.default

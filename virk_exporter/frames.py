@@ -13,13 +13,23 @@ Two halves, because they run in different places:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Sequence, TypeVar
 
 import numpy as np
 
 ColorOrder = Literal["rgb", "bgr"]
 
 _CHANNELS = (1, 3, 4)
+
+T = TypeVar("T")
+
+
+def evenly_spaced(items: Sequence[T], n: int) -> list[T]:
+    """``n`` items spread evenly over ``items``, first and last included (all of them when
+    there are at most ``n``): thumbnails and report frames are picked this way."""
+    if len(items) <= n:
+        return list(items)
+    return [items[int(i)] for i in np.linspace(0, len(items) - 1, n).round()]
 
 
 class FrameError(ValueError):
@@ -48,14 +58,14 @@ def peek(frames: Any) -> tuple[tuple[int, ...], bool]:
             raise FrameError("a list must hold single frames (HxW, HxWxC or CxHxW)")
         return (len(frames), *shape), channels_first
     shape = getattr(frames, "shape", None)
-    if shape is None or not (isinstance(frames, np.ndarray) or _is_torch_tensor(frames)):
+    if shape is None or not (isinstance(frames, np.ndarray) or is_torch_tensor(frames)):
         raise FrameError(f"frames must be a NumPy array, a torch tensor or a list of them, got {type(frames).__name__}")
     shape = tuple(int(d) for d in shape)
     if len(shape) not in (2, 3, 4):
         raise FrameError(f"frames must have 2 to 4 dimensions, got shape {shape}")
     if 0 in shape:
         raise FrameError(f"empty frames, shape {shape}")
-    return shape, _is_torch_tensor(frames)
+    return shape, is_torch_tensor(frames)
 
 
 def capture(frames: Any) -> Captured:
@@ -77,7 +87,7 @@ def capture(frames: Any) -> Captured:
         if parts[0].array.ndim not in (2, 3):
             raise FrameError("a list must hold single frames (HxW, HxWxC or CxHxW)")
         return Captured(np.stack([p.array for p in parts]), parts[0].channels_first)
-    if _is_torch_tensor(frames):
+    if is_torch_tensor(frames):
         channels_first = True
         frames = frames.detach()
         if frames.device.type != "cpu":
@@ -96,7 +106,8 @@ def capture(frames: Any) -> Captured:
     return Captured(frames, channels_first)
 
 
-def _is_torch_tensor(x: Any) -> bool:
+def is_torch_tensor(x: Any) -> bool:
+    """A torch tensor (the caller's outputs and frames, replay's predict results)."""
     # No import of torch on the caller's path: the class name is enough.
     return type(x).__module__.startswith("torch") and hasattr(x, "detach")
 

@@ -40,6 +40,7 @@ from virk_exporter.caller.labels import RAISED, LabelBook
 from virk_exporter.telemetry.metrics import CallerMetrics, merge_families
 from virk_exporter.caller.outputs import output_rows, output_summary, to_numpy
 from virk_exporter.drift.slices import tags_per_frame
+from virk_exporter.incidents.store import LazyStore
 from virk_exporter.telemetry.totals import combine
 from virk_exporter.telemetry.tracing import call_span, emit, force_flush, hex_ids, resolve_tracer
 from virk_exporter.wire.transport import SESSION_BITS, Arrays, BatchInfo, ForwardedLabels
@@ -97,7 +98,7 @@ class Exporter:
         self._tracer_provider, self._span_per_call = tracer_provider, span_per_call  # see tracing.call_span
         self._frame_ids: contextvars.ContextVar[range] = contextvars.ContextVar(f"virk_frame_ids_{id(self)}", default=range(0))
         self._servers: list[Any] = []
-        self.store = None  # opened lazily by the incident routes (caller's process)
+        self.store = LazyStore(self.config.store)  # opened by the incident routes when first asked (caller's process)
         self._closed = False
         self._fresh_state()
         _LIVE.add(self)
@@ -194,6 +195,7 @@ class Exporter:
                 inspect.signature(function) if source is not None or tags is not None else None,
                 options,
                 function.__qualname__,
+                f"{function.__module__}:{function.__qualname__}",
                 {"code.function.name": f"{function.__module__}.{function.__qualname__}", "virk.model": self.model},
             )
             if inspect.iscoroutinefunction(function):
@@ -339,6 +341,7 @@ class Exporter:
             span_id=span_id,
             output=output_summary(call.result, call.error),
             tags=self._tags_of(call, chosen) if call.target.options["tags"] is not None else None,
+            function=call.target.function,
         )
         reason = self._worker.put(Arrays(batch, outputs, features), info)
         if reason is not None:
@@ -598,6 +601,7 @@ class _Target:
     signature: inspect.Signature | None
     options: dict[str, Any]
     name: str
+    function: str  # module:qualname, what `bundle replay --predict` takes
     attributes: dict[str, Any]
 
 

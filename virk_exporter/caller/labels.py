@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from virk_exporter.caller.outputs import to_numpy
+from virk_exporter.frames import is_torch_tensor
 
 UNKNOWN_SOURCE = "unknown"
 RAISED = object()  # the result of a call that raised: its frames have no prediction
@@ -62,7 +63,7 @@ def predictions_of(result: Any, n: int, predicted: Callable[[Any], Iterable[Any]
         if len(values) != n:
             raise ValueError(f"predicted() returned {len(values)} values for {n} frames")
         return values
-    if type(result).__module__.startswith("torch") and hasattr(result, "argmax"):
+    if is_torch_tensor(result):
         if result.ndim == 2 and result.shape[0] == n and result.shape[1] > 1:
             return result.detach().argmax(1).cpu().tolist()
         if result.ndim == 1 and result.shape[0] == n and not result.is_floating_point():

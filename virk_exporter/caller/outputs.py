@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from virk_exporter.frames import is_torch_tensor
+
 MAX_OUTPUT_VALUES = 65536  # per batch; larger outputs are summarized, not copied
 
 
@@ -13,7 +15,7 @@ def to_numpy(value: Any) -> np.ndarray | None:
     """A NumPy view/copy of an array or torch tensor; None for anything else."""
     if isinstance(value, np.ndarray):
         return value
-    if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
+    if is_torch_tensor(value):
         tensor = value.detach()
         if tensor.is_floating_point():
             tensor = tensor.float()

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from virk_exporter.incidents.bundle import BundleError, alert_prefix, read_bundle
+from virk_exporter.incidents.bundle import BundleError, BundleKey, alert_prefix, read_bundle
 from virk_exporter.incidents.store import StoreError, open_store
 from virk_exporter.incidents.webhook import FINGERPRINT_RE
 
@@ -56,6 +56,7 @@ def show(file: str) -> None:
         ("started", alert["startsAt"]),
         ("resolved", (m.get("resolved") or {}).get("endsAt", "no")),
         ("cause", str(m.get("cause"))),
+        ("predict", m.get("predict") or "not recorded (pass --predict module:function to replay)"),
         ("sources", ", ".join(m.get("sources", []))),
         ("frames", str(len(m.get("frames", [])))),
         ("reference samples", str(len(m.get("reference", [])))),
@@ -113,24 +114,22 @@ def fetch(fingerprint: str, store_url: str, model: str | None, output: str | Non
         raise click.ClickException(f"invalid alert fingerprint {fingerprint!r} ([A-Za-z0-9_-] only)")
     try:
         store = open_store(store_url)
-        if model:
-            objects = store.list(alert_prefix(model, fingerprint))
-        else:
-            objects = [o for o in store.list("") if o.key.split("/")[1:2] == [fingerprint]]
-        keys = sorted((o.key for o in objects if o.key.endswith("/bundle.zip")), key=lambda k: k.split("/")[-2])
-        if not keys:
+        objects = store.list(alert_prefix(model, fingerprint) if model else "")
+        found = [(k.stamp, o.key) for o in objects if (k := BundleKey.parse(o.key)) and k.fingerprint == fingerprint]
+        if not found:
             raise click.ClickException(f"no bundle for alert {fingerprint} in {store.url}")
-        data = store.get(keys[-1])
+        stamp, key = max(found)  # the latest firing
+        data = store.get(key)
     except (StoreError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     try:
-        read_bundle(data)
+        fetched = read_bundle(data)
     except BundleError as error:
-        raise click.ClickException(f"{keys[-1]}: {error}") from None
-    target = Path(output or f"virk-{fingerprint}-{keys[-1].split('/')[-2]}.zip")
+        raise click.ClickException(f"{key}: {error}") from None
+    target = Path(output or f"virk-{fingerprint}-{stamp}.zip")
     target.write_bytes(data)
-    console.print(f"{target} ({len(data)} bytes, verified) from {store.url}/{keys[-1]}")
-    console.print(f"replay: virk-exporter bundle replay {target} --predict your_module:predict")
+    console.print(f"{target} ({len(data)} bytes, verified) from {store.url}/{key}")
+    console.print(f"replay: virk-exporter bundle replay {target} --predict {fetched.manifest.get('predict') or 'module:function'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,17 +10,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from virk_exporter.drift.calibration import DEFAULTS, CalibrationReport, calibrate as run_calibration
+from virk_exporter.config import default
+from virk_exporter.drift.calibration import CalibrationReport, calibrate as run_calibration
 from virk_exporter.embed.embedders import embedder_from_id
-from virk_exporter.reference.build import Reference, read_frames
+from virk_exporter.reference.build import Reference, read_frames, source_batches
 
 
 @click.command("calibrate")
 @click.option("--reference", "reference_path", required=True, type=click.Path(exists=True, dir_okay=False), help="The .virkref the exporter will use.")
 @click.option("--frames", "frames_path", required=True, type=click.Path(exists=True), help="Clean frames NOT used to build the reference (directory or video), in stream order.")
-@click.option("--window", default=DEFAULTS.window, show_default=True, type=click.IntRange(min=2))
-@click.option("--test-every", default=DEFAULTS.test_every, show_default=True, type=click.IntRange(min=1))
-@click.option("--n-permutations", default=DEFAULTS.n_permutations, show_default=True, type=click.IntRange(min=1))
+@click.option("--window", default=default("window"), show_default=True, type=click.IntRange(min=2))
+@click.option("--test-every", default=default("test_every"), show_default=True, type=click.IntRange(min=1))
+@click.option("--n-permutations", default=default("n_permutations"), show_default=True, type=click.IntRange(min=1))
 @click.option("--target", default=0.01, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Acceptable false alarms per test.")
 @click.option("--every", default=1, show_default=True, type=click.IntRange(min=1), help="Keep one frame in N, as the exporter's sampling would.")
 @click.option("--device", default=None, help="Torch device (default: CUDA when available, else CPU).")
@@ -44,24 +45,11 @@ def calibrate(
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     by_source: dict[str, list[np.ndarray]] = defaultdict(list)
-    batch: list[tuple[str, np.ndarray]] = []
-
-    def flush() -> None:
-        for name in {s for s, _ in batch}:
-            frames = np.stack([f for s, f in batch if s == name])
-            by_source[name].append(embedder.embed(frames))
-        batch.clear()
-
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console) as bar:
         task = bar.add_task("embedding held-out frames", total=None)
-        for source, frame in read_frames(frames_path, every=every):
-            batch.append((source, frame))
-            if len(batch) >= 64:
-                flush()
-                bar.advance(task, 64)
-        n_last = len(batch)
-        flush()
-        bar.advance(task, n_last)
+        for source, frames in source_batches(read_frames(frames_path, every=every)):
+            by_source[source].append(embedder.embed(frames))
+            bar.advance(task, len(frames))
         reports: dict[str, CalibrationReport] = {}
         for name, parts in by_source.items():
             target_source = name if name in ref.sources else (next(iter(ref.sources)) if len(ref.sources) == 1 else None)

@@ -30,7 +30,7 @@ from rich.table import Table
 from virk_exporter.demo import corruptions
 
 from virk_exporter.demo import photos
-from virk_exporter.cli import invocation
+from virk_exporter.commands.invocation import invocation
 from virk_exporter.caller.exporter import Exporter
 from virk_exporter.incidents.webhook import make_alert_payload
 
@@ -41,6 +41,8 @@ POOL = 40  # distinct frames rendered per camera
 
 @dataclass(frozen=True)
 class Camera:
+    """One simulated camera of the demo and the incident it is scripted to have."""
+
     name: str
     photo: str
     incident: str | None  # corruption name (virk_exporter.demo.corruptions)

@@ -26,6 +26,8 @@ Fn = Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
 
 @dataclass(frozen=True)
 class Corruption:
+    """A synthetic capture fault: the cause it should be diagnosed as and its severity levels."""
+
     name: str
     cause: str  # label in the fingerprint vocabulary
     subkind: str

@@ -16,15 +16,15 @@ from typing import Callable
 
 import numpy as np
 
-from virk_exporter.config import ExporterConfig
+from virk_exporter.config import default
 from virk_exporter.drift.mmd import MMDDrift, block_null_statistics
 from virk_exporter.drift.null import EmpiricalNull
-
-DEFAULTS = ExporterConfig(model="calibration")  # the exporter's own defaults, one source of truth
 
 
 @dataclass(frozen=True)
 class Setting:
+    """One candidate (p_val, hysteresis) and the false alarms it raised on held-out clean frames."""
+
     p_val: float
     hysteresis: int
     alarms: int  # tests whose last `hysteresis` results all drifted
@@ -35,6 +35,8 @@ class Setting:
 
 @dataclass
 class CalibrationReport:
+    """What ``calibrate`` found: the schedule replayed, each setting's false-alarm rate, the pick."""
+
     window: int
     test_every: int
     n_permutations: int
@@ -76,9 +78,9 @@ def check_disjoint(reference: np.ndarray, heldout: np.ndarray) -> int:
 def calibrate(
     reference: np.ndarray,
     heldout: np.ndarray,
-    window: int = DEFAULTS.window,
-    test_every: int = DEFAULTS.test_every,
-    n_permutations: int = DEFAULTS.n_permutations,
+    window: int = default("window"),
+    test_every: int = default("test_every"),
+    n_permutations: int = default("n_permutations"),
     p_vals: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05),
     hysteresis: tuple[int, ...] = (1, 2, 3),
     target: float = 0.01,

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from virk_exporter.config import default
 from virk_exporter.drift._torch import as_tensor, pick_device, seed_or_random
 from virk_exporter.drift.null import block_starts, leave_out_bounds
 
@@ -121,8 +122,8 @@ class MMDDrift:
     def __init__(
         self,
         x_ref: np.ndarray | torch.Tensor,
-        n_permutations: int = 100,
-        p_val: float = 0.05,
+        n_permutations: int = default("n_permutations"),
+        p_val: float = default("p_val"),
         device: str | torch.device | None = None,
         seed: int | None = None,
         sigma: float | None = None,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from virk_exporter.config import default
 from virk_exporter.drift.mmd import MMDDrift, block_null_statistics
 from virk_exporter.drift.null import EmpiricalNull
 from virk_exporter.drift.online import OnlineMMDDrift
@@ -72,8 +73,8 @@ class SourceDriftMonitor:
         x_ref: np.ndarray,
         window: int = 32,
         test_every: int | None = None,
-        n_permutations: int = 200,
-        p_val: float = 0.01,
+        n_permutations: int = default("n_permutations"),
+        p_val: float = default("p_val"),
         hysteresis: int = 2,
         online_ert: float | None = 2000.0,
         online_window: int = 16,

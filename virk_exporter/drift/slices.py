@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from scipy.stats import false_discovery_control
 
+from virk_exporter.drift.mmd import median_heuristic_sigma, rbf
+
 MAX_TAGS = 8  # keys kept per frame (sorted by key)
 MAX_TAG_CHARS = 64  # a key or value is cut to this many characters
 MIN_SUPPORT = 10  # recent frames a slice needs before it is tested
@@ -74,6 +76,8 @@ def tags_per_frame(value: Any, n: int) -> list[dict[str, str]]:
 # ---------------------------------------------------------------------- worker side: ranking
 @dataclass(frozen=True)
 class SliceResult:
+    """One ``key=value`` slice's MMD test against the reference, with its BH-adjusted q-value."""
+
     slice: str  # "key=value"
     support: int  # frames of the slice in the recent buffer
     tested_frames: int  # frames the test used (the newest, at most MAX_SLICE_FRAMES)
@@ -89,6 +93,8 @@ class SliceResult:
 
 @dataclass(frozen=True)
 class SliceRanking:
+    """The tested slices of one source, most drifted first, and those left untested."""
+
     slices: list[SliceResult]  # tested slices, significant first, then by score
     untested: dict[str, int]  # slices below min_support, beyond MAX_SLICES, or holding every frame: their support
     frames: int  # frames in the recent buffer the ranking looked at
@@ -122,19 +128,6 @@ def n_permutations_for(n_slices: int, fdr: float, base: int = 200, cap: int = 40
     return int(min(cap, max(base, need)))
 
 
-def _median_sigma(x: np.ndarray) -> float:
-    d2 = _sq_dist(x, x)
-    iu = np.triu_indices(len(x), 1)
-    med = float(np.median(d2[iu])) if len(x) > 1 else 0.0
-    return math.sqrt(med / 2.0) if med > 0 else 1.0
-
-
-def _sq_dist(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    xt, yt = torch.from_numpy(np.ascontiguousarray(x, np.float64)), torch.from_numpy(np.ascontiguousarray(y, np.float64))
-    d = (xt * xt).sum(1)[:, None] + (yt * yt).sum(1)[None, :] - 2.0 * xt @ yt.T
-    return d.clamp_min_(0.0).numpy()
-
-
 def slice_test(reference: np.ndarray, sample: np.ndarray, gamma: float, n_permutations: int, rng: np.random.Generator) -> tuple[float, float, float]:
     """Permutation MMD² test of ``sample`` against ``reference``: ``(mmd2, score, p_value)``.
 
@@ -146,7 +139,7 @@ def slice_test(reference: np.ndarray, sample: np.ndarray, gamma: float, n_permut
     if n < 2 or m < 2:
         raise ValueError("a slice test needs at least 2 reference and 2 slice points")
     pool = np.concatenate([reference, sample]).astype(np.float64)
-    k = np.exp(-gamma * _sq_dist(pool, pool))
+    k = rbf(torch.from_numpy(pool), torch.from_numpy(pool), gamma).numpy()  # the drift test's kernel (mmd.py)
     np.fill_diagonal(k, 0.0)
     rows = k.sum(1)
     total = rows.sum()
@@ -202,7 +195,7 @@ def rank_slices(
     b = n_permutations or n_permutations_for(len(tested), fdr)
     if not tested or len(reference) < 2:
         return SliceRanking([], dict(untested), len(embeddings), min_support, fdr, b)
-    gamma = 1.0 / (2.0 * (sigma if sigma and sigma > 0 else _median_sigma(reference)) ** 2)
+    gamma = 1.0 / (2.0 * (sigma if sigma and sigma > 0 else median_heuristic_sigma(torch.from_numpy(reference))) ** 2)
     raw = []
     for name in tested:
         index = members[name][-MAX_SLICE_FRAMES:]

@@ -33,6 +33,8 @@ DEFAULT_ENCODER_VERSION = "v1"
 
 @runtime_checkable
 class Embedder(Protocol):
+    """What the worker needs of an embedder: a stable id (saved in references) and ``embed``."""
+
     id: str
 
     @property

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from scipy import fft as sp_fft
 
-from virk_exporter.fingerprint.properties import SMALL
+from virk_exporter.fingerprint.view import SMALL
 
 LOWPASS_SIGMA = 0.12  # cycles/pixel: phase correlation trusts the frequencies blur keeps
 GRID = (6, 8)  # cells (rows, cols) on the 120x160 view: 20x20 pixels each

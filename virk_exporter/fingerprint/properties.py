@@ -23,9 +23,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from virk_exporter.fingerprint.view import SMALL
 from virk_exporter.frames import ColorOrder, normalize_any
 
-SMALL = (160, 120)  # (width, height) for cv2
 MID = (320, 240)
 CROP = (320, 240)  # full-resolution crop for noise and specks
 

@@ -10,15 +10,14 @@ import html
 from typing import Any
 
 from virk_exporter._version import __version__
+from virk_exporter.http.messages import Request, Response
 
 PROJECT_URL = "https://github.com/virk-exporter/virk-exporter"
 
 
-def landing_page(exporter: Any, request: Any) -> Any:
+def landing_page(exporter: Any, request: Request) -> Response:
     """``GET /``: an HTML page naming the model and linking every route (relative links, so it
     also works when the routes are mounted under a prefix such as ``/virk``)."""
-    from virk_exporter.http.server import Response
-
     model = html.escape(exporter.model)
     state = "ready" if exporter.ready else "monitoring worker starting"
     body = f"""<!doctype html>

@@ -13,7 +13,7 @@ from typing import Any
 
 from virk_exporter.incidents.http import _credentials, _error, _json
 from virk_exporter.incidents.webhook import WebhookError, check_credentials
-from virk_exporter.http.server import Request, Response
+from virk_exporter.http.messages import Request, Response
 
 log = logging.getLogger("virk_exporter")
 

@@ -10,7 +10,6 @@ import asyncio
 import errno
 import threading
 import urllib.parse
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Callable
 
@@ -19,27 +18,10 @@ from waitress.server import TcpWSGIServer
 from waitress.task import ThreadedTaskDispatcher
 
 from virk_exporter.http.landing import landing_page
+from virk_exporter.http.messages import Request, Response
 
 
 MAX_BODY = 8 * 2**20  # hard cap on any request body; the webhook applies its own, smaller limit
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]  # lower-case names
-    body: bytes
-    remote: str = ""
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes
-    content_type: str = "text/plain; charset=utf-8"
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 class PortInUseError(OSError):
@@ -146,6 +128,8 @@ def make_wsgi_app(exporter: Any) -> Callable:
 
 
 class _BodyError(Exception):
+    """A request body that cannot be read; carries the response to send instead."""
+
     def __init__(self, response: Response) -> None:
         self.response = response
 

@@ -34,12 +34,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from virk_exporter.frames import evenly_spaced
 from virk_exporter.incidents.report import render_report
 from virk_exporter.incidents.webhook import Alert
-from virk_exporter.worker.recorder import RecordedFrame
+from virk_exporter.worker.recorder import RecordedFrame, decode_image, encode_frame
 
 SCHEMA = "virk-bundle/1"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -91,11 +91,29 @@ class IncidentContext:
     diagnosis: dict[str, dict] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     reference_file: bytes | None = None
+    predict: str | None = None  # the decorated function as module:qualname, for `bundle replay --predict`
 
 
 def bundle_key(model: str, alert: Alert) -> str:
     """``<model>/<alert fingerprint>/<startsAt>/bundle.zip``: one key per alert firing."""
     return f"{alert_prefix(model, alert.fingerprint)}/{alert.starts_at.stamp()}/bundle.zip"
+
+
+@dataclass(frozen=True)
+class BundleKey:
+    """A bundle's object key read back: ``<model>/<alert fingerprint>/<startsAt stamp>/bundle.zip``."""
+
+    model: str
+    fingerprint: str
+    stamp: str  # Timestamp.stamp() of the alert's startsAt: sorts in time order
+
+    @classmethod
+    def parse(cls, key: str) -> BundleKey | None:
+        """The key's parts, or None for an object that is not a bundle (tags, other files)."""
+        parts = key.split("/")
+        if len(parts) != 4 or parts[-1] != "bundle.zip":
+            return None
+        return cls(parts[0], parts[1], parts[2])
 
 
 def bundle_tags(manifest: dict[str, Any]) -> dict[str, str]:
@@ -194,13 +212,11 @@ def _encode_png(rgb: np.ndarray) -> bytes:
         cached = _png_cache.get(digest)
     if cached is not None:
         return cached
-    ok, buffer = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise ValueError("reference frame could not be encoded")
+    encoded = encode_frame(rgb, "png")
     with _png_cache_lock:
         if len(_png_cache) >= 512:
             _png_cache.clear()
-        _png_cache[digest] = buffer.tobytes()
+        _png_cache[digest] = encoded
         return _png_cache[digest]
 
 
@@ -252,21 +268,17 @@ def build_bundle(alert: Alert, model: str, context: IncidentContext) -> tuple[by
         "drift_timeline": context.drift_timeline,
         "diagnosis": context.diagnosis,
         "config": context.config,
+        "predict": context.predict,
         "packages": package_versions(),
     }
     before = [f for f in context.frames if f.timestamp < onset]
     after = [f for f in context.frames if f.timestamp >= onset]
+    # only the frames the report shows get decoded (decoding all 128 would dominate build time)
     files["report.html"] = render_report(
-        manifest, before=_spread(before), after=_spread(after), reference=list(context.reference_frames), reference_file=context.reference_file
+        manifest, before=evenly_spaced(before, 6), after=evenly_spaced(after, 6), reference=list(context.reference_frames), reference_file=context.reference_file
     )
     return _seal(files, manifest), manifest
 
-
-def _spread(frames: list[RecordedFrame], n: int = 6) -> list[RecordedFrame]:
-    """Only the frames the report shows get decoded (decoding all 128 would dominate build time)."""
-    if len(frames) <= n:
-        return frames
-    return [frames[int(i)] for i in np.linspace(0, len(frames) - 1, n).round()]
 
 
 def _seal(files: dict[str, bytes], manifest: dict[str, Any]) -> bytes:
@@ -387,10 +399,10 @@ def _decode(path: str, data: bytes) -> np.ndarray:
     if size is None:
         raise BundleError(f"{path}: not a PNG or JPEG image")
     _check_pixels(path, size)
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
+    rgb = decode_image(data)
+    if rgb is None:
         raise BundleError(f"{path}: does not decode as an image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return rgb
 
 
 def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
@@ -423,6 +435,7 @@ def check_manifest(manifest: Any) -> dict[str, Any]:
     for i, path in enumerate(_expect(manifest.get("reference", []), list, "'reference'")):
         _expect(path, str, f"'reference[{i}]'")
     _expect(manifest.get("reference_file") or "", str, "'reference_file'")
+    _expect(manifest.get("predict") or "", str, "'predict'")
     _expect(manifest.get("resolved") or {}, dict, "'resolved'")
     for i, point in enumerate(_expect(manifest.get("drift_timeline", []), list, "'drift_timeline'")):
         _expect(point, dict, f"'drift_timeline[{i}]'")
@@ -436,6 +449,8 @@ def check_manifest(manifest: Any) -> dict[str, Any]:
 
 @dataclass
 class Bundle:
+    """A read (or built) incident bundle: its manifest and its files, checked against their digests."""
+
     manifest: dict[str, Any]
     files: Mapping[str, bytes]  # entries read on access (an _Entries for a read bundle)
 

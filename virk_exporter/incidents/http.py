@@ -26,8 +26,8 @@ import urllib.parse
 from dataclasses import replace
 from typing import Any
 
-from virk_exporter.incidents.bundle import alert_prefix
-from virk_exporter.incidents.store import LocalStore, Store, StoreError, StoreUnavailable, open_store
+from virk_exporter.incidents.bundle import BundleKey, alert_prefix
+from virk_exporter.incidents.store import LocalStore, Store, StoreError, StoreUnavailable
 from virk_exporter.incidents.journal import Journal
 from virk_exporter.incidents.webhook import (
     FINGERPRINT_RE,
@@ -43,7 +43,7 @@ from virk_exporter.incidents.webhook import (
     parse_notification,
     route,
 )
-from virk_exporter.http.server import Request, Response
+from virk_exporter.http.messages import Request, Response
 
 _STAMP_RE = re.compile(r"\d{8}T\d{6}\.\d{9}Z")  # fullmatch only
 _store_lock = threading.Lock()
@@ -152,10 +152,8 @@ def _accept(exporter: Any, notification: AlertNotification, alerts: list[Alert])
 
 
 def incident_store(exporter: Any) -> Store:
-    with _store_lock:
-        if exporter.store is None:
-            exporter.store = open_store(exporter.config.store)
-        return exporter.store
+    """The exporter's incident store (``exporter.store``, a LazyStore, opens it once)."""
+    return exporter.store.open()
 
 
 def _loopback(remote: str) -> bool:
@@ -188,15 +186,12 @@ def handle_incident(exporter: Any, request: Request) -> Response:
     try:
         if len(parts) == 2:
             return _one_bundle(store, f"{prefix}/{parts[1]}/bundle.zip", fingerprint, expiry)
-        bundles = sorted((o for o in store.list(prefix) if o.key.endswith("/bundle.zip")), key=lambda o: o.key)
+        bundles = sorted(((o, k) for o in store.list(prefix) if (k := BundleKey.parse(o.key))), key=lambda ok: ok[1].stamp)
         if not bundles:
             return _json(404, {"error": f"no bundle for alert {fingerprint} of model {exporter.model!r}"})
-        listing = [
-            {"startsAt": o.key.split("/")[-2], "size": o.size, "url": f"/incidents/{fingerprint}/{o.key.split('/')[-2]}"}
-            for o in bundles  # same prefix: key order is startsAt order
-        ]
+        listing = [{"startsAt": k.stamp, "size": o.size, "url": f"/incidents/{fingerprint}/{k.stamp}"} for o, k in bundles]
         latest = listing[-1]
-        location = latest["url"] if isinstance(store, LocalStore) else store.link(bundles[-1].key, expiry)
+        location = latest["url"] if isinstance(store, LocalStore) else store.link(bundles[-1][0].key, expiry)
         if request.query.get("format", [""])[0] == "json":
             return _json(200, {"fingerprint": fingerprint, "bundles": listing, "latest": location})
         return _json(302, {"fingerprint": fingerprint, "bundles": listing, "latest": location}, {"Location": location})

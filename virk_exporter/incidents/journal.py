@@ -31,6 +31,8 @@ _RECENT = 10_000  # keys remembered per process as accepted before
 
 
 class Journal:
+    """Alerts accepted by the webhook but not yet booked, on disk, so a crash loses none."""
+
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)

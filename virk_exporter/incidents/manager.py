@@ -44,6 +44,8 @@ _RESOLVE_ATTEMPTS = 12  # backoff 1, 2, 4 ... 60 s: about 8 minutes of S3 outage
 
 @dataclass(order=True)
 class _Job:
+    """One queued piece of incident work, newest alert first."""
+
     priority: float  # minus the alert's startsAt: the heap pops the newest first
     seq: int
     run: Callable[[], None] = field(compare=False)
@@ -52,6 +54,8 @@ class _Job:
 
 
 class IncidentManager:
+    """Turns alerts into bundles on worker threads: deduplicated, bounded, retried, stored."""
+
     def __init__(
         self,
         model: str,

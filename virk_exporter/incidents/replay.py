@@ -27,11 +27,16 @@ from typing import Any, Callable
 
 import numpy as np
 
+from virk_exporter.config import default
+from virk_exporter.frames import is_torch_tensor
 from virk_exporter.incidents.bundle import Bundle
+from virk_exporter.worker.results import DriftResult
 
 
 @dataclass
 class Comparison:
+    """One recorded value beside its replayed one (drift decision, p-value, cause, predict)."""
+
     source: str
     what: str  # "drift", "p_value", "cause", "predict"
     recorded: Any
@@ -48,6 +53,8 @@ class Comparison:
 
 @dataclass
 class ReplayResult:
+    """Everything a replay compared, the notes on what it could not, and predict's outputs."""
+
     comparisons: list[Comparison] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     outputs: dict[str, list[Any]] = field(default_factory=dict)  # source -> predict results
@@ -77,7 +84,7 @@ def load_function(spec: str) -> Callable[..., Any]:
 
 def summarize(output: Any) -> str:
     """A short, comparable description of one model output."""
-    if hasattr(output, "detach"):
+    if is_torch_tensor(output):
         output = output.detach().cpu().numpy()
     if isinstance(output, np.ndarray):
         mean = f" mean={float(np.mean(output)):.4g}" if output.size and np.issubdtype(output.dtype, np.number) else ""
@@ -161,18 +168,19 @@ def _check_embedder_id(embedder_id: str) -> None:
         raise ValueError(f"embedder size {size[:20]!r} from the bundle is outside 1..{MAX_EMBED_SIZE}")
 
 
-def _config_int(config: dict, name: str, default: int, high: int) -> int:
+def _config_int(config: dict, name: str, fallback: int, high: int) -> int:
     """An integer setting read from the bundle, within 1..high (a bundle may come from anywhere)."""
-    value = config.get(name, default)
+    value = config.get(name, fallback)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
-        return default
+        return fallback
     return value
 
 
-def _recorded_drift(bundle: Bundle, source: str) -> dict | None:
-    points = [p for p in bundle.manifest.get("drift_timeline", []) if p.get("source") == source]
-    points = [p for p in points if isinstance(p.get("timestamp"), (int, float))]
-    return max(points, key=lambda p: p["timestamp"]) if points else None
+def _recorded_drift(bundle: Bundle, source: str) -> DriftResult | None:
+    """The source's last recorded test (timestamps that are not numbers are ignored)."""
+    points = [DriftResult.from_dict(p) for p in bundle.manifest.get("drift_timeline", []) if isinstance(p.get("timestamp"), (int, float))]
+    points = [p for p in points if p.source == source]
+    return max(points, key=lambda p: p.timestamp) if points else None
 
 
 def replay(bundle: Bundle, predict: Callable[..., Any] | None = None, batch_size: int = 32, seed: int = 0) -> ReplayResult:
@@ -203,7 +211,7 @@ def _replay_drift(bundle, result, source, frames, reference: _Reference, config,
     if reference_embeddings is None:
         result.notes.append(f"{source}: no reference embeddings in the bundle; drift not recomputed")
         return None
-    window = _window(bundle, source, frames, reference.embedder_id, _config_int(config, "window", 64, 4096), result.notes)
+    window = _window(bundle, source, frames, reference.embedder_id, _config_int(config, "window", default("window"), 4096), result.notes)
     if window is None or len(window) < 2:
         result.notes.append(f"{source}: no window to test; drift not recomputed")
         return None
@@ -212,17 +220,16 @@ def _replay_drift(bundle, result, source, frames, reference: _Reference, config,
 
         detector = MMDDrift(
             reference_embeddings,
-            n_permutations=_config_int(config, "n_permutations", 200, 10_000),
-            p_val=float(config.get("p_val", 0.05)),
+            n_permutations=_config_int(config, "n_permutations", default("n_permutations"), 10_000),
+            p_val=float(config.get("p_val", default("p_val"))),
             seed=seed,
         )
         test = detector.test(np.asarray(window, np.float32))
     except Exception as error:  # noqa: BLE001
         result.notes.append(f"{source}: drift not recomputed ({type(error).__name__}: {error})")
         return None
-    result.comparisons.append(Comparison(source, "drift", None if recorded is None else bool(recorded.get("detected")), bool(test.drift)))
-    recorded_p = recorded.get("p_value") if recorded is not None else None
-    recorded_p = round(float(recorded_p), 4) if isinstance(recorded_p, (int, float)) and not isinstance(recorded_p, bool) else None
+    result.comparisons.append(Comparison(source, "drift", None if recorded is None else recorded.detected, bool(test.drift)))
+    recorded_p = None if recorded is None or recorded.p_value is None else round(recorded.p_value, 4)
     result.comparisons.append(Comparison(source, "p_value", recorded_p, round(float(test.p_value), 4)))
     return bool(test.drift)
 
@@ -238,7 +245,7 @@ def _replay_diagnosis(bundle, result, source, items, reference: _Reference, conf
       pixel-exact replay); it is shown, not counted in ``reproduced``.
     """
     recorded = bundle.manifest.get("diagnosis", {}).get(source, {}).get("top")
-    window = items[-_config_int(config, "window", 64, 4096) :]
+    window = items[-_config_int(config, "window", default("window"), 4096) :]
     try:
         fingerprinter = reference.for_source(source, reference.fingerprinters)
         if fingerprinter is None:

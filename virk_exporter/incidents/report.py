@@ -13,13 +13,16 @@ import html
 import io
 import json
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+from virk_exporter.frames import evenly_spaced
+from virk_exporter.worker.recorder import encode_frame
 
 
 THUMB_WIDTH = 240  # large enough that a defocus or a shift shows
@@ -36,17 +39,7 @@ def _png(figure: Figure) -> str:
 def _thumbnail(rgb: np.ndarray) -> str:
     height = max(1, round(rgb.shape[0] * THUMB_WIDTH / rgb.shape[1]))
     small = cv2.resize(rgb, (THUMB_WIDTH, height), interpolation=cv2.INTER_AREA)
-    ok, buffer = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
-    if not ok:
-        raise ValueError("thumbnail could not be encoded")
-    return base64.b64encode(buffer.tobytes()).decode()
-
-
-def _pick(items: Sequence[Any], n: int) -> list[Any]:
-    """n evenly spaced items (the whole sequence when it is short)."""
-    if len(items) <= n:
-        return list(items)
-    return [items[int(i)] for i in np.linspace(0, len(items) - 1, n).round()]
+    return base64.b64encode(encode_frame(small, "jpeg", 80)).decode()
 
 
 ONSET_COLOUR = "#e6007e"  # the onset marker; a colour no other mark of the report uses (the screenshot test finds it)
@@ -288,12 +281,12 @@ Alert {html.escape(alert['labels'].get('alertname', 'alert'))} {html.escape(aler
 {plot_html}
 <h2>evidence</h2>{diagnosis_html(diagnosis)}
 <h2>frames</h2>
-{_images("reference", _pick(reference, THUMBS_PER_SIDE), "reference frame", None)}
+{_images("reference", evenly_spaced(reference, THUMBS_PER_SIDE), "reference frame", None)}
 {_images("before the onset", before, "frame before the alert", onset)}
 {_images("from the onset", after, "frame after the alert", onset)}
 <h2>alert</h2><table>{labels}{link_rows}</table>
 <h2>replay</h2><pre>virk-exporter bundle verify bundle.zip
-virk-exporter bundle replay bundle.zip --predict MODULE:FUNCTION   # the function you decorated with @exporter.monitor</pre>
+virk-exporter bundle replay bundle.zip --predict {html.escape(manifest.get('predict') or 'MODULE:FUNCTION')}   # the function you decorated with @exporter.monitor</pre>
 <details><summary>diagnosis as recorded (JSON)</summary><pre>{html.escape(recorded)}</pre></details>
 <p>{len(manifest.get('frames', []))} frames from {html.escape(', '.join(manifest.get('sources', [])))}; {len(reference)} reference samples.</p>
 </body></html>

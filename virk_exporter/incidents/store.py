@@ -85,6 +85,8 @@ _REFUSALS = {
 
 @dataclass(frozen=True)
 class StoredObject:
+    """One object in a store, as listed."""
+
     key: str  # relative to the store's prefix
     size: int
     modified: float  # unix seconds
@@ -105,6 +107,8 @@ def tag_value(value: str) -> str:
 
 
 class Store(Protocol):
+    """Where bundles and references go: a local directory or S3 (``open_store``)."""
+
     url: str
 
     def put(self, key: str, data: bytes, tags: dict[str, str]) -> None: ...
@@ -509,3 +513,19 @@ class SpoolingStore:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=5)
+
+
+class LazyStore:
+    """The incident store a URL names, opened on first use: the HTTP routes ask it for the store
+    instead of opening one and writing it onto the exporter (one store per exporter, thread-safe)."""
+
+    def __init__(self, url: str | Path | Store) -> None:
+        self.url = url
+        self._store: Store | None = None
+        self._lock = threading.Lock()
+
+    def open(self) -> Store:
+        with self._lock:
+            if self._store is None:
+                self._store = open_store(self.url)
+            return self._store

@@ -78,6 +78,8 @@ class Timestamp:
 
 @dataclass(frozen=True)
 class Alert:
+    """One alert of a notification; ``key`` identifies one firing of it."""
+
     status: Literal["firing", "resolved"]
     labels: dict[str, str]
     annotations: dict[str, str]
@@ -105,6 +107,8 @@ class Alert:
 
 @dataclass(frozen=True)
 class AlertNotification:
+    """One Alertmanager webhook body (version 4), parsed and validated."""
+
     receiver: str
     status: Literal["firing", "resolved"]
     alerts: list[Alert]
@@ -249,6 +253,8 @@ def authorization_header(token: str | None, basic: tuple[str, str] | None) -> di
 
 @dataclass(frozen=True)
 class Routing:
+    """Which alerts of a notification this replica builds, forwards to a peer, or ignores."""
+
     local: list[Alert]  # alerts this replica handles
     forward: dict[str, str]  # instance -> peer base URL to forward the whole body to
     ignored: list[tuple[Alert, str]]  # alert, reason

@@ -36,6 +36,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from virk_exporter.frames import evenly_spaced
+from virk_exporter.worker.recorder import decode_image
+
 FORMAT = "virkref"
 FORMAT_VERSION = 1
 DEFAULT_SOURCE = "default"
@@ -49,6 +52,8 @@ class ReferenceMismatchError(ValueError):
 
 @dataclass
 class SourceReference:
+    """One source's saved reference: embeddings, property series, fingerprinter state, thumbnails."""
+
     name: str
     embeddings: np.ndarray  # float32 [n, d]
     properties: dict[str, np.ndarray] = field(default_factory=dict)
@@ -71,6 +76,8 @@ class SourceReference:
 
 @dataclass
 class Reference:
+    """A ``.virkref``: the embedder's id and a reference per source (``save``/``load``)."""
+
     embedder_id: str
     sources: dict[str, SourceReference]
     created: str = ""
@@ -155,8 +162,7 @@ class Reference:
                 fp = _read_npz(zf.read(f"{d}/fingerprint.npz")) if f"{d}/fingerprint.npz" in names else None
                 thumbs = []
                 for k in range(int(entry.get("thumbnails", 0))):
-                    raw = np.frombuffer(zf.read(f"{d}/thumbnails/{k}.png"), np.uint8)
-                    thumbs.append(cv2.cvtColor(cv2.imdecode(raw, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
+                    thumbs.append(decode_image(zf.read(f"{d}/thumbnails/{k}.png")))
                 sources[entry["name"]] = SourceReference(
                     name=entry["name"],
                     embeddings=np.load(io.BytesIO(zf.read(f"{d}/embeddings.npy"))),
@@ -204,6 +210,24 @@ def build_reference(
     return build_reference_pairs(pairs, embedder, progress, batch_size, fingerprint_frames, n_thumbnails, total, seed)
 
 
+def source_batches(pairs: Iterable[tuple[str, np.ndarray]], batch_size: int = 64) -> Iterator[tuple[str, np.ndarray]]:
+    """``(source, frame)`` pairs as ``(source, stacked frames)`` batches of at most
+    ``batch_size`` frames of one source and one shape (a shape change closes the batch)."""
+    pending: dict[str, list[np.ndarray]] = {}
+    for name, frame in pairs:
+        batch = pending.setdefault(name, [])
+        if batch and batch[0].shape != frame.shape:
+            yield name, np.stack(batch)
+            batch.clear()
+        batch.append(frame)
+        if len(batch) >= batch_size:
+            yield name, np.stack(batch)
+            batch.clear()
+    for name, batch in pending.items():
+        if batch:
+            yield name, np.stack(batch)
+
+
 def build_reference_pairs(
     pairs: Iterable[tuple[str, np.ndarray]],
     embedder: Any,
@@ -219,23 +243,9 @@ def build_reference_pairs(
     builders: dict[str, _SourceBuilder] = {}
     rng = np.random.default_rng(seed)
     with _progress(progress, total) as advance:
-        pending: dict[str, list[np.ndarray]] = {}
-
-        def flush(name: str, batch: list[np.ndarray]) -> None:
-            builders.setdefault(name, _SourceBuilder(name, fingerprint_frames, rng)).add(np.stack(batch), embedder)
+        for name, batch in source_batches(pairs, batch_size):
+            builders.setdefault(name, _SourceBuilder(name, fingerprint_frames, rng)).add(batch, embedder)
             advance(len(batch))
-            batch.clear()
-
-        for name, frame in pairs:
-            batch = pending.setdefault(name, [])
-            if batch and batch[0].shape != frame.shape:  # a shape change closes the batch
-                flush(name, batch)
-            batch.append(frame)
-            if len(batch) >= batch_size:
-                flush(name, batch)
-        for name, batch in pending.items():
-            if batch:
-                flush(name, batch)
     if not builders:
         raise ValueError("no reference frames")
     return Reference(
@@ -246,6 +256,8 @@ def build_reference_pairs(
 
 
 class _SourceBuilder:
+    """Accumulates one source's reference while frames stream through ``build_reference``."""
+
     def __init__(self, name: str, fingerprint_frames: int, rng: np.random.Generator) -> None:
         self.name = name
         self.embeddings: list[np.ndarray] = []
@@ -275,13 +287,12 @@ class _SourceBuilder:
 
     def finish(self, n_thumbnails: int) -> SourceReference:
         sample = [f for f in self.sample if f.shape == tuple(self.frame_shape)]
-        picks = np.linspace(0, len(sample) - 1, num=min(n_thumbnails, len(sample))).round().astype(int) if sample else []
         return SourceReference(
             name=self.name,
             embeddings=np.concatenate(self.embeddings),
             properties={k: np.concatenate(v) for k, v in self.properties.items()},
             fingerprint_state=_fingerprint_state(np.stack(sample)) if sample else None,
-            thumbnails=[thumbnail(sample[i]) for i in picks],
+            thumbnails=[thumbnail(f) for f in evenly_spaced(sample, n_thumbnails)],
             frame_shape=self.frame_shape,
         )
 

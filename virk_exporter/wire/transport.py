@@ -98,6 +98,7 @@ class BatchInfo:
     span_id: str | None = None
     output: dict[str, Any] | None = None  # a short summary of predict's result (type, shape)
     tags: list[dict[str, str]] | None = None  # one dict per frame (monitor(tags=...))
+    function: str | None = None  # the decorated function as module:qualname (bundle replay --predict)
 
 
 @dataclass(frozen=True)

@@ -1,30 +1,36 @@
-"""What the worker does with each batch: normalize, record, analyse; and the commands it answers."""
+"""What the worker does with each batch: normalize, record, analyse, record the results; and the
+commands it answers.
+
+The :class:`Monitor` owns the lock, the flight recorder and the batch's span; the analysis it
+drives (``analysis.py``) returns its drift tests, which the pipeline records as span events and
+in the incident timeline (``incident_context.py``).
+"""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
 from virk_exporter import frames as frame_io
 from virk_exporter.config import ExporterConfig
 from virk_exporter.telemetry.metrics import WorkerMetrics
-from virk_exporter.worker.recorder import FlightRecorder, RecordedFrame, encode_frame
 from virk_exporter.telemetry.tracing import SpanRecord, SpanRecorder
 from virk_exporter.wire.transport import Arrays, BatchInfo
-
-log = logging.getLogger("virk_exporter.worker")
-
-
-class StageFailed(Exception):
-    """A stage raised; it was counted and logged, and the batch goes no further."""
+from virk_exporter.worker.analysis import Analysis
+from virk_exporter.worker.baselines import Baselines
+from virk_exporter.worker.incident_context import Incidents
+from virk_exporter.worker.publishing import Publisher
+from virk_exporter.worker.recorder import FlightRecorder, RecordedFrame, encode_frame
+from virk_exporter.worker.results import DriftResult
+from virk_exporter.worker.stages import StageFailed, Stages
 
 
 class Monitor:
+    """The worker's per-batch pipeline for one model, and the commands the caller sends it."""
+
     def __init__(
         self,
         config: ExporterConfig,
@@ -37,31 +43,11 @@ class Monitor:
         self.metrics = metrics
         self.recorder = FlightRecorder(config.recorder_bytes)
         self.lock = threading.RLock()
-        self._logged: set[str] = set()
         self.frames_processed = 0
-        self.fail_stage: str | None = None  # tests: make one stage raise (see command "fail_stage")
         self.spans = SpanRecorder()
-        from virk_exporter.worker.analysis import Analysis
-
-        self.analysis = Analysis(config, metrics, self.recorder, self.lock, reference_frames, self.spans, send_span)
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Time a stage; count and log (once per stage) what it raises."""
-        started = time.perf_counter()
-        try:
-            with self.spans.child(f"virk.{name}"):
-                if self.fail_stage == name:
-                    raise RuntimeError(f"injected failure in stage {name!r}")
-                yield
-        except Exception as problem:  # noqa: BLE001 - monitoring errors never escape the worker
-            self.metrics.errors.labels(self.model, name).inc()
-            if name not in self._logged:
-                self._logged.add(name)
-                log.warning("monitoring stage %r failed (logged once per stage): %s", name, problem, exc_info=True)
-            raise StageFailed(name) from problem
-        finally:
-            self.metrics.stage_seconds.labels(self.model, name).observe(time.perf_counter() - started)
+        self.stages = Stages(config.model, metrics, self.spans)
+        self.analysis = Analysis(config, self.stages, Publisher(config, metrics), Baselines(config, self.stages, reference_frames))
+        self.incidents = Incidents(config, metrics, self.analysis, self.recorder, self.lock, self.spans, send_span)
 
     def process(self, info: BatchInfo, arrays: Arrays) -> SpanRecord | None:
         """Analyse one batch; returns its span record when tracing is on."""
@@ -72,10 +58,11 @@ class Monitor:
             links,
         )
         tags = info.tags or [{}] * len(info.frame_ids)
+        stage = self.stages.stage
         try:
-            with self.stage("normalize"):
+            with stage("normalize"):
                 rgb = frame_io.normalize(frame_io.Captured(arrays.frames, info.channels_first), info.color)
-            with self.stage("record"):
+            with stage("record"):
                 recorded = [
                     RecordedFrame(
                         frame_id=int(frame_id),
@@ -93,8 +80,9 @@ class Monitor:
                 ]
             features = arrays.features if self.config.embedder == "features" else arrays.outputs
             with self.lock:
-                # Analysis reads the batch's sources by key (its interface, kept while it changes).
-                self.analysis.process(self, rgb, features, recorded, {"sources": info.sources})
+                if info.function:
+                    self.incidents.functions.update(dict.fromkeys(info.sources, info.function))
+                self._record(self.analysis.process(rgb, features, recorded))
                 for frame in recorded:
                     self.recorder.add(frame)
                 self.frames_processed += len(recorded)
@@ -103,6 +91,15 @@ class Monitor:
         except StageFailed:
             pass
         return self.spans.finish()
+
+    def _record(self, results: list[DriftResult]) -> None:
+        """The drift tests of a batch: span events, and the timeline bundles read."""
+        self.incidents.timeline.extend(results)
+        for result in results:
+            attributes = result.span_attributes()
+            self.spans.event("virk.drift_test", attributes)
+            if result.onset:
+                self.spans.event("virk.drift_detected", attributes)
 
     # ------------------------------------------------------------------ commands
     def command(self, name: str, *args: Any) -> Any:
@@ -123,7 +120,7 @@ class Monitor:
 
     # Fault drills (used by the tests): make a stage raise, or stall the worker for a while.
     def cmd_fail_stage(self, name: str | None) -> None:
-        self.fail_stage = name
+        self.stages.fail = name
 
     def cmd_pause(self, seconds: float) -> None:
         threading.Thread(target=self._hold_lock, args=(seconds,), daemon=True).start()
@@ -134,20 +131,17 @@ class Monitor:
 
     def cmd_rebase(self, source: str | None) -> dict[str, Any]:
         with self.lock:
-            return self.analysis.rebase(self, source)
+            return self.analysis.rebase(source)
 
     def cmd_alert(self, notification: Any) -> dict[str, str]:
-        return self.analysis.handle_alert(notification)
+        return self.incidents.handle(notification)
 
     def settle(self, timeout: float) -> None:
-        """Wait (up to ``timeout``) for bundles being built, so a leaving process still gets
-        their spans. (Reads Analysis's incident manager: Analysis has no such call yet.)"""
-        incidents = getattr(self.analysis, "_incidents", None)
-        if incidents is not None:
-            incidents.wait_idle(timeout)
+        """Wait (up to ``timeout``) for bundles being built, so a leaving process still gets their spans."""
+        self.incidents.wait_idle(timeout)
 
     def close(self) -> None:
-        self.analysis.close()
+        self.incidents.close()
 
 
 def _per_frame_output(summary: dict[str, Any] | None, outputs: np.ndarray | None, index: int) -> dict[str, Any] | None:

@@ -17,7 +17,6 @@ import os
 import select
 import signal
 import socket
-import sys
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -73,6 +72,8 @@ class Session:
 
 
 class Worker:
+    """The worker process: accepts callers' connections, runs each model's pipeline, exports."""
+
     def __init__(self, listener: socket.socket, rendezvous: Rendezvous) -> None:
         self.listener = listener
         self.rendezvous = rendezvous

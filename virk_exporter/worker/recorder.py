@@ -35,10 +35,10 @@ class RecordedFrame:
 
     def decode(self) -> np.ndarray:
         """The frame as uint8 RGB (H, W, 3)."""
-        bgr = cv2.imdecode(np.frombuffer(self.encoded, np.uint8), cv2.IMREAD_COLOR)
-        if bgr is None:
+        rgb = decode_image(self.encoded)
+        if rgb is None:
             raise ValueError(f"frame {self.frame_id}: stored image does not decode")
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        return rgb
 
 
 def encode_frame(rgb: np.ndarray, fmt: RecordFormat = "jpeg", quality: int = 90) -> bytes:
@@ -53,6 +53,12 @@ def encode_frame(rgb: np.ndarray, fmt: RecordFormat = "jpeg", quality: int = 90)
     if not ok:
         raise ValueError("frame could not be encoded")
     return buf.tobytes()
+
+
+def decode_image(data: bytes | np.ndarray) -> np.ndarray | None:
+    """A PNG or JPEG as uint8 RGB (H, W, 3); None when it does not decode."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 class FlightRecorder:
