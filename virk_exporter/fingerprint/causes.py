@@ -54,16 +54,18 @@ MIN_SCORE = 1.0  # a cause must reach this to be named; below it the window is "
 # Physical gates: a change must be significant *and* this large to name a cause. Strong blur
 # wobbles the phase correlation by ~1.5 px / 0.4 deg and leaves ~25-level cell residuals
 # (zoom blur), exposure clipping bends channel ratios by a few percent.
-MIN_SHIFT_PX = 2.5  # camera translation, in reference-frame pixels
+MIN_SHIFT = 0.008  # camera translation, as a share of the frame width
 MIN_ROTATION = 0.4  # degrees (the quadrant fit reads a 0.75 deg turn as ~0.5-0.6)
 MIN_LOCAL_LEVELS = 25.0  # gray levels a grid cell must move beyond the global gain/offset fit
+FLAT_LOSS = 0.9  # log texture a region loses under an occluder, relative to the median cell (0.9: to 40 %)
 MIN_BRIGHTNESS_LEVELS = 8.0  # change of mean gray level for an exposure change
 MIN_CAST = 0.04  # change of log channel-spread ratio (about a 4% white-balance gain)
 MIN_SATURATION_LEVELS = 8.0  # rise of mean HSV saturation (0..255) for an over-saturated colour
 GLARE_ASYMMETRY = 2.0  # a glare region brightens at least this many times more than any darkens
 STEADY_SPREAD = 0.5  # interquartile range of a geometric property, relative to its median, for a fault that stays put
 VIEW_MATCH = 0.78  # share of the reference's phase-correlation match a displaced or partly covered view keeps
-LARGE_ROTATION = 3.0  # degrees: a turn this large costs the quadrant match by itself (4 deg: 71 %)
+LARGE_SHIFT = 0.03  # share of the width: a move this large is the camera's, whatever the match
+LARGE_ROTATION = 2.0  # degrees (the quadrant fit reads a 4 deg turn as 2-4): a turn costs the match by itself
 CAST_UNIT = 0.01  # colour-shift strength: log1p(change / CAST_UNIT)
 IMPULSE_UNIT = 0.0005  # impulse-noise strength: log1p(share of impulse pixels / IMPULSE_UNIT)
 FROZEN_FRACTION = 0.1  # share of exactly repeated frames that makes a feed frozen
@@ -110,8 +112,9 @@ class Diagnosis:
 class _Effects:
     """Signed strengths and physical deltas of the tested properties."""
 
-    def __init__(self, tests: list[PropertyTest]):
+    def __init__(self, tests: list[PropertyTest], width: float):
         self.tests = {t.name: t for t in tests}
+        self.width = width  # reference frame width in pixels: geometry gates are relative to it
 
     def s(self, name: str, sign: float = 1.0) -> float:
         """log1p of the effect in the direction ``sign``; 0 when not significant."""
@@ -164,9 +167,12 @@ def _same_view(e: _Effects) -> bool:
 
 
 def _camera_shift(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
-    if not _same_view(e) and abs(e.d("rotation")) < LARGE_ROTATION:
+    # A small move with a view that no longer matches is content moving in front of a camera
+    # that wobbles with it (carphone: 1.6 % and 1 deg with a new pose); a large one is the camera.
+    large = e.d("shift_px") >= LARGE_SHIFT * e.width or abs(e.d("rotation")) >= LARGE_ROTATION
+    if not large and not _same_view(e):
         return 0.0, "", ()
-    shift = e.s("shift_px") if e.d("shift_px") >= MIN_SHIFT_PX and _steady(cur, "shift_px") else 0.0
+    shift = e.s("shift_px") if e.d("shift_px") >= MIN_SHIFT * e.width and _steady(cur, "shift_px") else 0.0
     rot = e.a("rotation") if abs(e.d("rotation")) >= MIN_ROTATION and _steady(cur, "rotation") else 0.0
     if shift == 0.0 and rot == 0.0:
         return 0.0, "", ()
@@ -189,7 +195,10 @@ def _glare(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[s
 
 def _occlusion(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
     local = e.d("local_dark")
-    if not _same_view(e) or local < max(MIN_LOCAL_LEVELS, 1.5 * abs(e.d("brightness")), e.d("local_bright")) or not _steady(cur, "local_dark"):
+    # On a view that no longer matches, moving content also darkens regions (a head turning):
+    # there an occluder must be decisive, darker by twice the bar and robbed of its texture.
+    decisive = local >= 2 * MIN_LOCAL_LEVELS and e.d("local_flat") >= FLAT_LOSS
+    if not (decisive or _same_view(e)) or local < max(MIN_LOCAL_LEVELS, 1.5 * abs(e.d("brightness")), e.d("local_bright")) or not _steady(cur, "local_dark"):
         return 0.0, "", ()
     # A global blur also leaves local residuals (zoom blur smears the periphery): discount.
     score = max(e.s("local_dark"), e.s("local_flat")) - e.s("sharpness", -1) + 1.0
@@ -418,7 +427,7 @@ class Fingerprinter:
             {k: finite_values(v) for k, v in current.items() if k in reference},
             alpha=self.alpha,
         )
-        effects = _Effects(tests)
+        effects = _Effects(tests, width=float(self.reference_view.frame_size[1]))
         ranked, details = [], {}
         for cause, rule in RULES.items():
             score, subkind, used = rule(effects, current)
