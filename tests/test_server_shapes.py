@@ -5,6 +5,7 @@ backwards (a real Prometheus scrapes one of them), SIGTERM drains, no process is
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from helpers import sample_value
-from servers import free_port, prometheus_query, start_prometheus, wait_until
+from servers import free_port, http_get, prometheus_query, start_prometheus, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +91,15 @@ def stop_and_check_drained(process: subprocess.Popen, run_dir: Path, log: Path, 
 
 
 def check_service(
-    process: subprocess.Popen, run_dir: Path, log: Path, predict_url: str, metrics_url: str, requests: int, pace_s: float = 0.0, served_url: str | None = None
+    process: subprocess.Popen,
+    run_dir: Path,
+    log: Path,
+    predict_url: str,
+    metrics_url: str,
+    requests: int,
+    pace_s: float = 0.0,
+    served_url: str | None = None,
+    before_stop=None,
 ) -> None:
     replies = load(predict_url, requests, pace_s)
     assert len({r["pid"] for r in replies}) >= 2, "the load should reach several server processes"
@@ -108,6 +117,8 @@ def check_service(
     if served_url is not None:  # exporter.serve() called in every process: one of them serves all
         assert frames_total(served_url) == requests * BATCH
     assert len(monitoring_workers(run_dir)) == 1, "one monitoring worker per model and host"
+    if before_stop is not None:  # while the service still runs (e.g. what a real Prometheus saw)
+        before_stop()
     more = load(predict_url, 20)  # then SIGTERM at once: these must still be drained
     stop_and_check_drained(process, run_dir, log, requests + len(more))
 
@@ -125,18 +136,39 @@ def gunicorn(port: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "gunicorn", "-w", "3", "-b", f"127.0.0.1:{port}", "-c", str(APPS / "gunicorn_conf.py"), *extra, "wsgi_app:app"]
 
 
+def scrape_health(prometheus) -> list[tuple[str, str, float]]:
+    """(health, lastError, lastScrapeDuration) of each target: why a series may be missing."""
+    targets = json.loads(http_get(f"{prometheus.url}/api/v1/targets")[1])["data"]["activeTargets"]
+    return [(t["health"], t["lastError"], t["lastScrapeDuration"]) for t in targets]
+
+
 def test_gunicorn_three_workers_one_monitor_and_a_real_prometheus_sees_no_reset(tmp_path):
     port, served = free_port(), free_port()
     process, run_dir, log = start_service(gunicorn(port), tmp_path, f"http://127.0.0.1:{port}/-/ready", VIRK_TEST_SERVE_PORT=str(served))
     prometheus = start_prometheus(tmp_path / "prometheus", [f"127.0.0.1:{port}"])
+    wait_until(lambda: prometheus_query(prometheus, 'up{job="virk"} == 1'), 30, what=f"Prometheus' first scrape: {scrape_health(prometheus)}")
+    series = 'virk_frames_total{model="shapes"}'
+
+    def prometheus_sees_no_reset() -> None:
+        # Asked while the service runs: once stopped, Prometheus keeps only what it scraped, and
+        # during the load most scrapes time out (scrape_timeout = the 1 s interval, three busy
+        # sync workers), so there may be no sample at all. Wait for several successful scrapes
+        # of the final count, which land on whichever worker accepts them: a counter of one
+        # worker's own would jump between them and show as a reset.
+        def scraped() -> list:
+            done = prometheus_query(prometheus, f"max_over_time({series}[10m]) >= {90 * BATCH}")
+            return done and prometheus_query(prometheus, f"count_over_time({series}[10m]) >= 6")
+
+        wait_until(scraped, 30, interval=0.5, what=f"six scrapes with the final count: {scrape_health(prometheus)}")
+        results = prometheus_query(prometheus, f"resets({series}[10m])")
+        assert results and all(float(r["value"][1]) == 0 for r in results), (results, scrape_health(prometheus))
+
     try:
         base = f"http://127.0.0.1:{port}"
-        check_service(process, run_dir, log, f"{base}/predict", f"{base}/metrics", 90, pace_s=0.25, served_url=f"http://127.0.0.1:{served}/metrics")
-        query = 'resets(virk_frames_total{model="shapes"}[10m])'
-        results = prometheus_query(prometheus, query)
-        assert results and all(float(r["value"][1]) == 0 for r in results), results
-        highest = prometheus_query(prometheus, 'max_over_time(virk_frames_total{model="shapes"}[10m])')
-        assert float(highest[0]["value"][1]) >= 90 * BATCH
+        check_service(
+            process, run_dir, log, f"{base}/predict", f"{base}/metrics", 90, pace_s=0.25,
+            served_url=f"http://127.0.0.1:{served}/metrics", before_stop=prometheus_sees_no_reset,
+        )
     finally:
         prometheus.stop()
         stop(process, run_dir)

@@ -157,7 +157,7 @@ def test_tracing_off_adds_no_span_and_keeps_working(tmp_path):
 def _own_tracer_run(env: dict[str, str]) -> subprocess.CompletedProcess:
     """resolve_tracer() in a fresh process with no provider of its own and the given OTEL_* env."""
     code = (
-        "from virk_exporter import tracing\n"
+        "from virk_exporter.telemetry import tracing\n"
         "tracer = tracing.resolve_tracer()\n"
         "print('TRACER', tracer is not None)\n"
         "if tracer is not None:\n"
@@ -184,13 +184,13 @@ def test_the_otel_environment_names_the_service_and_the_exporter():
 
 
 def test_a_failing_tracer_never_reaches_the_caller(caplog):
-    from virk_exporter.telemetry.tracing import call_span
+    from virk_exporter.telemetry.tracing import own_span
 
     class Broken:
         def start_as_current_span(self, *args, **kwargs):
             raise RuntimeError("sdk broke")
 
     for _ in range(3):
-        with call_span(Broken(), "predict", {"virk.model": "m"}, span_per_call=True) as span:
+        with own_span(Broken(), "predict", {"virk.model": "m"}) as span:
             assert span is None
     assert sum("could not be started" in r.getMessage() for r in caplog.records) <= 1

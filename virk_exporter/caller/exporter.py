@@ -1,10 +1,10 @@
-"""The Exporter: the decorator on the caller's side, and the handle on the monitoring worker.
+"""The Exporter: the public face of monitoring in the caller's process.
 
-Per call, the caller's thread (:meth:`Exporter._observe`) times the call, reads the frames'
-shape, reserves frame ids, picks the sampled frames and queues a record. The hand-off thread
-(:meth:`Exporter._account`, see ``handoff.py``) counts, copies pixels into shared memory and
-announces them to the worker process. All analysis happens in the worker (``worker.py``), so
-its Python code never competes with the caller's threads for this process's GIL.
+A façade: the decorator (:meth:`Exporter.monitor`) times each call and gives it to the intake
+(``intake.py``: frame ids, sampling, sources, tags, features, counting, the hand-off to the
+worker); the worker handle (``worker_handle.py``) reaches the shared monitoring worker process,
+where all analysis happens (``worker/``), so its Python code never competes with the caller's
+threads for this process's GIL. Here: lifecycle, fork safety, late labels, /metrics, serving.
 """
 
 from __future__ import annotations
@@ -15,36 +15,27 @@ import contextlib
 import contextvars
 import functools
 import inspect
-import itertools
 import logging
 import multiprocessing.util
 import os
-import random
-import threading
 import time
 import weakref
-from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Iterable, TypeVar
 
-import numpy as np
-from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 
 from virk_exporter import frames as frame_io
-from virk_exporter.config import ExporterConfig, check_sample
-from virk_exporter.caller.handoff import Handoff
-from virk_exporter.caller.labels import RAISED, LabelBook
-from virk_exporter.telemetry.metrics import CallerMetrics, merge_families
-from virk_exporter.caller.outputs import output_rows, output_summary, to_numpy
-from virk_exporter.drift.slices import tags_per_frame
-from virk_exporter.incidents.store import LazyStore
-from virk_exporter.telemetry.totals import combine
-from virk_exporter.telemetry.tracing import call_span, emit, force_flush, hex_ids, resolve_tracer
-from virk_exporter.wire.transport import SESSION_BITS, Arrays, BatchInfo, ForwardedLabels
+from virk_exporter.caller.intake import Intake, SourceFn, Target
+from virk_exporter.caller.labels import LabelBook
 from virk_exporter.caller.worker_handle import WorkerHandle
+from virk_exporter.config import ExporterConfig, check_sample
+from virk_exporter.incidents.store import LazyStore
+from virk_exporter.telemetry.metrics import CallerMetrics, merge_families
+from virk_exporter.telemetry.totals import combine
+from virk_exporter.telemetry.tracing import current_recording_span, emit, force_flush, own_span, resolve_tracer
+from virk_exporter.wire.transport import ForwardedLabels
 
 log = logging.getLogger("virk_exporter")
 
@@ -53,12 +44,13 @@ SIBLINGS_TIMEOUT_S = 10.0
 COLLECT_TIMEOUT_S = 0.8  # a scrape answers within a second (the shipped scrape_timeout is 4 s)
 
 F = TypeVar("F", bound=Callable[..., Any])
-_NO_SPAN = nullcontext()  # yields None: the call has no span of ours
-SourceFn = Callable[..., "str | Iterable[str] | None"]
+_OWN_SPAN = object()  # the call gets a span of its own
 
 
 class Exporter:
     """Watches a vision model's frames. See the README for the full set of options.
+
+    One per model in a process; the processes of a server share one monitoring worker.
 
     >>> exporter = Exporter(model="detector-v3", reference="reference.virkref")
     >>> @exporter.monitor
@@ -94,8 +86,8 @@ class Exporter:
         self._copy_on_call = copy_on_call
         self._label_settings = (label_memory, label_window)
         self._tracer: Any = None
-        self._tracing_resolved = False
-        self._tracer_provider, self._span_per_call = tracer_provider, span_per_call  # see tracing.call_span
+        self._tracing_off = False  # until the first call resolves the tracer (then one check per call)
+        self._tracer_provider, self._span_per_call = tracer_provider, span_per_call  # see Exporter._request_span
         self._frame_ids: contextvars.ContextVar[range] = contextvars.ContextVar(f"virk_frame_ids_{id(self)}", default=range(0))
         self._servers: list[Any] = []
         self.store = LazyStore(self.config.store)  # opened by the incident routes when first asked (caller's process)
@@ -109,39 +101,32 @@ class Exporter:
             atexit.register(_close_if_alive, weakref.ref(self))
 
     def _fresh_state(self) -> None:
-        """This process's own counters, ledger, id range and hand-off thread (again after a fork)."""
+        """This process's own counters, ledger, intake and hand-off thread (again after a fork)."""
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics = CallerMetrics(self.registry)
         self.metrics.start_at_zero(self.model)
-        self._duration = self.metrics.predict_duration.labels(self.model)
-        self._id_lock = threading.Lock()
-        self._id_base = self._next_id = 0
+        self._logged: set[str] = set()
         # Late labels (labels.py): the prediction ledger, kept on the hand-off thread.
         memory, window = self._label_settings
         self._label_book = LabelBook(
-            self.model, self.metrics.labels_total, self.metrics.label_accuracy, self._issued_ids, memory, window, self._count_error,
-            owns=lambda frame_id: frame_id >> SESSION_BITS == self._id_base >> SESSION_BITS,
-            forward=lambda ids, labels: self._worker.post("labels", ids, labels),
+            self.model, self.metrics.labels_total, self.metrics.label_accuracy, lambda: self._intake.issued_ids(), memory, window, self._count_error,
+            owns=lambda frame_id: self._intake.owns(frame_id), forward=lambda ids, labels: self._worker.post("labels", ids, labels),
         )
-        self._every_n = itertools.count()
-        self._labels: set[str] = set()
-        self._counters: dict[str, tuple[Any, Any]] = {}
-        self._logged: set[str] = set()
+        self._intake = Intake(
+            self.metrics, self._worker, self._label_book, self._count_error,
+            model=self.model, max_sources=self.config.max_sources, queue_batches=self.config.queue_batches,
+            copy_on_call=self._copy_on_call, frame_ids=self._frame_ids, idle=self._idle,
+        )
+        self._intake.closed = self._closed
+        self._handoff = self._intake.handoff
         self._others: list[Metric] = []  # the other processes' caller-side families, as last seen
         self._worker_families: list[Metric] = []
         self._pushed_at = 0.0
-        self._handoff = Handoff(self._account, self._count_error, self.config.queue_batches, idle=self._idle)
         self.metrics.queue_depth.labels(self.model).set_function(lambda: self._handoff.pending + self._worker.depth())
+        self._handoff.start()
 
     def _on_attached(self, attached: Any) -> None:
-        """Frame ids are unique across the processes sharing a worker: the session number is their high bits."""
-        with self._id_lock:
-            base = attached.session << SESSION_BITS
-            if base != self._id_base:
-                self._id_base = self._next_id = base
-
-    def _issued_ids(self) -> range:
-        return range(self._id_base, self._next_id)
+        self._intake.attach_session(attached.session)
 
     def _after_fork_in_child(self) -> None:
         """A forked child (gunicorn --preload, os.fork, a fork-start pool): the parent's threads
@@ -186,166 +171,58 @@ class Exporter:
         """
         if sample is not None:
             check_sample(sample)
-        options = {"source": source, "sample": self.config.sample if sample is None else sample, "color": color or self.config.color}
-        options.update(tags=tags, predicted=predicted, features=features)
 
         def decorate(function: F) -> F:
-            target = _Target(
+            target = Target(
                 _frames_locator(function, frames_arg),
                 inspect.signature(function) if source is not None or tags is not None else None,
-                options,
+                source, self.config.sample if sample is None else sample, color or self.config.color, tags, predicted, features,
                 function.__qualname__,
                 f"{function.__module__}:{function.__qualname__}",
                 {"code.function.name": f"{function.__module__}.{function.__qualname__}", "virk.model": self.model},
+                self.model,
             )
             if inspect.iscoroutinefunction(function):
 
                 @functools.wraps(function)
                 async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                    with self._span(target) as span:
-                        started = time.perf_counter()
-                        try:
-                            result = await function(*args, **kwargs)
-                        except BaseException as error:
-                            self._observe(target, span, args, kwargs, None, error, time.perf_counter() - started)
-                            raise
-                        self._observe(target, span, args, kwargs, result, None, time.perf_counter() - started)
-                        return result
+                    span = None if self._tracing_off else self._request_span()
+                    if span is _OWN_SPAN:
+                        with self._own_span(target) as span:
+                            return await _timed_async(self, target, span, function, args, kwargs)
+                    return await _timed_async(self, target, span, function, args, kwargs)
 
                 return async_wrapper  # type: ignore[return-value]
 
             @functools.wraps(function)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                with self._span(target) as span:
-                    started = time.perf_counter()
-                    try:
-                        result = function(*args, **kwargs)
-                    except BaseException as error:
-                        self._observe(target, span, args, kwargs, None, error, time.perf_counter() - started)
-                        raise
-                    self._observe(target, span, args, kwargs, result, None, time.perf_counter() - started)
-                    return result
+                span = None if self._tracing_off else self._request_span()
+                if span is _OWN_SPAN:
+                    with self._own_span(target) as span:
+                        return _timed(self, target, span, function, args, kwargs)
+                return _timed(self, target, span, function, args, kwargs)
 
             return wrapper  # type: ignore[return-value]
 
         return decorate(fn) if fn is not None else decorate
 
-    def _span(self, target: "_Target") -> Any:
-        """The span the call's attributes go on (the caller's, or one per call), or nothing when tracing is off."""
-        tracer = self._tracer if self._tracing_resolved else self._resolve_tracing()
-        if tracer is None:
-            return _NO_SPAN
-        return call_span(tracer, target.name, target.attributes, self._span_per_call)
+    def _request_span(self) -> Any:
+        """Where a call's attributes go: None (tracing off), the caller's recording span (the
+        default), or _OWN_SPAN (a span of our own per call: span_per_call, or no request span)."""
+        if self._tracer is None and self._resolve_tracing() is None:
+            return None
+        return _OWN_SPAN if self._span_per_call else current_recording_span() or _OWN_SPAN
+
+    def _own_span(self, target: Target) -> Any:
+        return own_span(self._tracer, target.name, target.attributes)
 
     def _resolve_tracing(self) -> Any:
         """Pick the tracer at the first monitored call (so an app may set its provider after creating us)."""
         self._tracer = resolve_tracer(self._tracer_provider)
-        self._tracing_resolved = True
+        self._tracing_off = self._tracer is None
         if self._tracer is not None:
             self._worker.post("tracing", True, sticky=True)
         return self._tracer
-
-    def _observe(self, target: "_Target", span: Any, args: tuple, kwargs: dict, result: Any, error: BaseException | None, duration: float) -> None:
-        """What the caller's thread does per call: note the call and queue it. Never raises.
-
-        Counting, copying and handing frames to the worker happen on the hand-off thread.
-        """
-        try:
-            call = _Call(target, None, args, kwargs, result, error, duration, trace.get_current_span().get_span_context(), time.time())
-            if self._closed:
-                self._frame_ids.set(range(0))
-                self._account(call, shed=None)
-                return
-            try:
-                call.frames = target.locate(args, kwargs)
-                shape, channels_first = frame_io.peek(call.frames)
-                call.n = frame_io.frame_count(shape, channels_first)
-                if self._copy_on_call:
-                    captured = frame_io.capture(call.frames)
-                    call.frames = frame_io.Captured(captured.array.copy(), captured.channels_first)
-            except frame_io.FrameError as problem:
-                self._count_error("input", problem)
-                self._frame_ids.set(range(0))
-                self._account(call, shed=None)
-                return
-            with self._id_lock:
-                call.first_id = self._next_id
-                self._next_id += call.n
-            self._frame_ids.set(range(call.first_id, call.first_id + call.n))
-            call.sources = self._sources_of(target.options["source"], target.signature, call.frames, args, kwargs, call.n)
-            call.chosen = self._sample(target.options["sample"], call.n)
-            if target.options["features"] is not None and error is None and call.chosen:
-                try:  # user code on the caller's thread: it returns references (see monitor's doc)
-                    call.features = target.options["features"](result)
-                except Exception as problem:  # noqa: BLE001
-                    self._count_error("features", problem)
-            if span is not None:
-                # The call's frames carry ids first_id .. first_id + batch_size - 1 (cheaper than a list).
-                sources = set(call.sources)
-                span.set_attributes(
-                    {
-                        "virk.batch_size": call.n,
-                        "virk.frame_id.first": call.first_id,
-                        "virk.source": sources.pop() if len(sources) == 1 else ",".join(sorted(sources)),
-                        "virk.sampled": bool(call.chosen),
-                    }
-                )
-            if not self._handoff.submit(call):
-                self._account(call, shed="queue_full")
-        except Exception as problem:  # noqa: BLE001 - monitoring must never reach the caller
-            self._count_error("caller", problem)
-
-    def _account(self, call: "_Call", shed: str | None = "") -> None:
-        """Count a call's frames and hand the sampled ones to the worker (hand-off thread).
-
-        ``shed`` is a drop reason (frames counted, sampled ones dropped), None (only the
-        duration is counted: unreadable input, or the exporter is closed) or "" (normal).
-        """
-        trace_id, span_id = hex_ids(call.context)
-        exemplar = {"trace_id": trace_id, "span_id": span_id} if trace_id else None
-        self._duration.observe(call.duration, exemplar)
-        if shed is None:
-            return
-        # Late labels: note the call for the prediction ledger; score waiting labels (not on the
-        # caller's thread, where a shed call is accounted).
-        self._label_book.record(call.first_id, call.sources, call.result if call.error is None else RAISED, call.target.options["predicted"])
-        if not shed:
-            self._label_book.drain()
-        sources, chosen = call.sources, call.chosen
-        for name in dict.fromkeys(sources):
-            self._source_counters(name)[0].inc(sources.count(name), exemplar)
-        if not chosen:
-            return
-        for index in chosen:
-            self._source_counters(sources[index])[1].inc()
-        if shed:
-            self._count_drop(shed, len(chosen))
-            return
-        captured = frame_io.capture(call.frames)
-        batch = frame_io.to_nhwc(captured.array, captured.channels_first)
-        if batch.shape[0] != call.n:
-            raise frame_io.FrameError(f"a list of frames of different shapes: expected {call.n} frames")
-        outputs = output_rows(call.result, call.n)
-        features = self._feature_rows(call.features, call.n) if call.features is not None else None
-        if len(chosen) != call.n:
-            batch = batch[chosen]
-            outputs = outputs[chosen] if outputs is not None else None
-            features = features[chosen] if features is not None else None
-        info = BatchInfo(
-            frame_ids=[call.first_id + i for i in chosen],
-            sources=[sources[i] for i in chosen],
-            timestamp=call.timestamp,
-            color=call.target.options["color"],
-            channels_first=captured.channels_first,
-            trace_id=trace_id,
-            span_id=span_id,
-            output=output_summary(call.result, call.error),
-            tags=self._tags_of(call, chosen) if call.target.options["tags"] is not None else None,
-            function=call.target.function,
-        )
-        reason = self._worker.put(Arrays(batch, outputs, features), info)
-        if reason is not None:
-            self._count_drop(reason, len(chosen))
 
     def _idle(self) -> None:
         """The hand-off thread has nothing queued: score waiting labels, emit the worker's spans,
@@ -356,29 +233,6 @@ class Exporter:
         if now - self._pushed_at >= PUSH_COUNTS_S and self._worker.ready:
             self._pushed_at = now
             self._worker.try_post("counters", list(self.registry.collect()))
-
-    def _tags_of(self, call: "_Call", chosen: list[int]) -> list[dict[str, str]]:
-        """The sampled frames' tags (hand-off thread); a failing tags() is counted, frames go on untagged."""
-        try:
-            others = _other_arguments(call.target.signature, call.frames, call.args, call.kwargs)
-            tags = tags_per_frame(call.target.options["tags"](call.frames, **others), call.n)
-            return [tags[i] for i in chosen]
-        except Exception as problem:  # noqa: BLE001
-            self._count_error("tags", problem)
-            return [{} for _ in chosen]
-
-    def _feature_rows(self, value: Any, n: int) -> np.ndarray | None:
-        """What features() returned as float32 [n, d] (hand-off thread), or None (counted)."""
-        try:
-            parts = value if isinstance(value, (list, tuple)) else [value]
-            arrays = [np.asarray(_first_not_none(to_numpy(p), p), np.float32).reshape(n, -1) for p in parts]
-            rows = np.ascontiguousarray(np.concatenate(arrays, axis=1))
-            if not np.isfinite(rows).all():
-                raise ValueError("features() returned NaN or infinite values")
-            return rows
-        except Exception as problem:  # noqa: BLE001
-            self._count_error("features", problem)
-            return None
 
     def _emit_worker_spans(self) -> None:
         """Turn the worker's span records into spans, and score labels other processes
@@ -392,44 +246,9 @@ class Exporter:
             elif self._tracer is not None:
                 emit(self._tracer, record)
 
-    def _sources_of(self, source_fn, signature, frames, args, kwargs, n: int) -> list[str]:
-        if source_fn is None:
-            return [self.source_label("default")] * n
-        named = source_fn(frames, **_other_arguments(signature, frames, args, kwargs))
-        if named is None or isinstance(named, str):
-            return [self.source_label(str(named or "default"))] * n
-        names = [self.source_label(str(s)) for s in named]
-        if len(names) != n:
-            raise ValueError(f"source() returned {len(names)} names for {n} frames")
-        return names
-
-    def _source_counters(self, label: str) -> tuple[Any, Any]:
-        counters = self._counters.get(label)
-        if counters is None:
-            counters = (self.metrics.frames.labels(self.model, label), self.metrics.sampled.labels(self.model, label))
-            self._counters[label] = counters
-            for outcome in ("correct", "incorrect"):  # at zero, so accuracy ratios start cleanly
-                self.metrics.labels_total.labels(self.model, label, outcome)
-        return counters
-
     def source_label(self, name: str) -> str:
         """The `source` label a source name is exported under (at most max_sources, then "other")."""
-        if name in self._labels:
-            return name
-        if len(self._labels) < self.config.max_sources:
-            self._labels.add(name)
-            return name
-        return "other"
-
-    def _sample(self, sample: float | int, n: int) -> list[int]:
-        if isinstance(sample, int):
-            return [i for i in range(n) if next(self._every_n) % sample == 0]
-        if sample >= 1.0:
-            return list(range(n))
-        return [i for i in range(n) if random.random() < sample]
-
-    def _count_drop(self, reason: str, frames: int) -> None:
-        self.metrics.dropped.labels(self.model, reason).inc(frames)
+        return self._intake.source_label(name)
 
     def _count_error(self, stage: str, problem: BaseException) -> None:
         self.metrics.errors.labels(self.model, stage).inc()
@@ -569,7 +388,7 @@ class Exporter:
         server and leave the shared worker (which exits when its last process has left)."""
         if self._closed:
             return
-        self._closed = True
+        self._closed = self._intake.closed = True
         for server in self._servers:
             server.shutdown()
         deadline = time.monotonic() + (self.config.close_timeout_s if timeout is None else timeout)
@@ -593,36 +412,27 @@ class Exporter:
         self.close()
 
 
-@dataclass(frozen=True)
-class _Target:
-    """One decorated function: where its frames are, its monitoring options, its span's name."""
+def _timed(exporter: Exporter, target: Target, span: Any, function: Callable, args: tuple, kwargs: dict) -> Any:
+    """Run the decorated function; its result or exception goes back to the caller untouched."""
+    started = time.perf_counter()
+    try:
+        result = function(*args, **kwargs)
+    except BaseException as error:
+        exporter._intake.observe(target, span, args, kwargs, None, error, time.perf_counter() - started)
+        raise
+    exporter._intake.observe(target, span, args, kwargs, result, None, time.perf_counter() - started)
+    return result
 
-    locate: Callable[[tuple, dict], Any]
-    signature: inspect.Signature | None
-    options: dict[str, Any]
-    name: str
-    function: str  # module:qualname, what `bundle replay --predict` takes
-    attributes: dict[str, Any]
 
-
-@dataclass
-class _Call:
-    """One decorated call, as queued for the hand-off thread."""
-
-    target: _Target
-    frames: Any
-    args: tuple
-    kwargs: dict
-    result: Any
-    error: BaseException | None
-    duration: float
-    context: Any  # the OpenTelemetry span context current during the call
-    timestamp: float
-    n: int = 0
-    first_id: int = 0
-    sources: list[str] = field(default_factory=list)
-    chosen: list[int] = field(default_factory=list)
-    features: Any = None  # what the target's features() returned (converted on the hand-off thread)
+async def _timed_async(exporter: Exporter, target: Target, span: Any, function: Callable, args: tuple, kwargs: dict) -> Any:
+    started = time.perf_counter()
+    try:
+        result = await function(*args, **kwargs)
+    except BaseException as error:
+        exporter._intake.observe(target, span, args, kwargs, None, error, time.perf_counter() - started)
+        raise
+    exporter._intake.observe(target, span, args, kwargs, result, None, time.perf_counter() - started)
+    return result
 
 
 def _close_if_alive(ref: "weakref.ref[Exporter]") -> None:
@@ -667,16 +477,6 @@ def _checked_reference(path: Any) -> str:
     if missing:
         raise ValueError(f"reference {path}: sources {missing} have no fingerprinter state (fewer than 8 frames?); rebuild it")
     return str(path)
-
-
-def _other_arguments(signature: inspect.Signature, frames: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
-    """A call's arguments by name, without the frames and ``self``: what source() and tags() get."""
-    bound = signature.bind_partial(*args, **kwargs).arguments
-    return {k: v for k, v in bound.items() if v is not frames and k not in ("self", "cls")}
-
-
-def _first_not_none(*values: Any) -> Any:
-    return next(v for v in values if v is not None)
 
 
 def _frames_locator(function: Callable, frames_arg: str | int | None) -> Callable[[tuple, dict], Any]:

@@ -25,6 +25,8 @@ _MAX_POLL_S = 0.02  # after a quiet spell: at most 50 wake-ups a second
 
 
 class Handoff:
+    """A queue of call records and the one thread that processes them in order."""
+
     def __init__(
         self,
         process: Callable[[Any], None],
@@ -38,6 +40,9 @@ class Handoff:
         self._max_pending = max_pending
         self._queue: deque = deque()
         self._thread = threading.Thread(target=self._run, name="virk-handoff", daemon=True)
+
+    def start(self) -> None:
+        """Start the thread (once its owner is fully built: ``idle`` may run at once)."""
         self._thread.start()
 
     @property

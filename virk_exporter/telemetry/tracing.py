@@ -6,9 +6,11 @@ TracerProvider when it has set one; else, when the ``OTEL_*`` environment asks f
 built with the OpenTelemetry SDK (the ``otlp`` extra); else tracing is off and costs one check per
 call. The package itself depends on the OpenTelemetry API only.
 
-Per call (:func:`call_span`): when the caller's current span is recording (a web framework's
-request span), the ``virk.*`` attributes go on it, which costs a few microseconds; otherwise, or
-with ``span_per_call=True``, the call gets a span of its own, a child of the current one.
+Per call: when the caller's current span is recording (a web framework's request span,
+:func:`current_recording_span`), the ``virk.*`` attributes go on it in one ``set_attributes``
+call after the call returned, which costs a few microseconds; otherwise, or with
+``span_per_call=True``, the call gets a span of its own (:func:`own_span`), a child of the
+current one.
 
 Monitoring happens in the worker process, which cannot use the application's provider. The
 worker describes its spans (:class:`SpanRecord`) and sends them back; the caller's hand-off
@@ -52,23 +54,31 @@ def resolve_tracer(provider: Any = None) -> trace.Tracer | None:
         return None
 
 
-def call_span(tracer: trace.Tracer, name: str, attributes: dict[str, Any], span_per_call: bool) -> ContextManager[Any]:
-    """What a decorated call records its attributes on (the context manager yields that span;
-    None when the tracing SDK fails here: the call itself must run all the same)."""
+def current_recording_span() -> Any:
+    """The caller's current span when it is recording (a web framework's request span), else None."""
     try:
-        if not span_per_call:
-            current = trace.get_current_span()
-            if current.is_recording():
-                # The caller's span is someone else's: only our own namespace goes on it.
-                current.set_attributes({k: v for k, v in attributes.items() if k.startswith("virk.")})
-                return nullcontext(current)
+        span = trace.get_current_span()
+        return span if span.is_recording() else None
+    except Exception as problem:  # noqa: BLE001 - never raised to the caller
+        _log_span_failure(problem)
+        return None
+
+
+def own_span(tracer: trace.Tracer, name: str, attributes: dict[str, Any]) -> ContextManager[Any]:
+    """A span of our own for one call, a child of the current one (the context manager yields
+    it; None when the tracing SDK fails here: the call itself must run all the same)."""
+    try:
         return tracer.start_as_current_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
     except Exception as problem:  # noqa: BLE001 - never raised to the caller
-        global _SPAN_FAILURE_LOGGED
-        if not _SPAN_FAILURE_LOGGED:
-            _SPAN_FAILURE_LOGGED = True
-            log.warning("virk-exporter: a span could not be started (logged once): %s: %s", type(problem).__name__, problem)
+        _log_span_failure(problem)
         return nullcontext(None)
+
+
+def _log_span_failure(problem: Exception) -> None:
+    global _SPAN_FAILURE_LOGGED
+    if not _SPAN_FAILURE_LOGGED:
+        _SPAN_FAILURE_LOGGED = True
+        log.warning("virk-exporter: a span could not be started (logged once): %s: %s", type(problem).__name__, problem)
 
 
 def _own_provider() -> Any:
