@@ -71,6 +71,7 @@ def test_the_handoff_thread_keeps_order_drains_and_refuses_when_full():
 
     errors: list[str] = []
     handoff = Handoff(process, lambda stage, problem: errors.append(stage), max_pending=3)
+    handoff.start()
     accepted = [handoff.submit(i) for i in range(6)]
     assert accepted.count(True) >= 3 and accepted[-1] is False  # never blocks: the rest is refused
     gate.set()
