@@ -14,7 +14,7 @@ from virk_exporter.demo import corruptions
 
 from virk_exporter.demo import photos
 
-_spec = importlib.util.spec_from_file_location("fingerprint_eval", Path(__file__).resolve().parents[1] / "benchmarks/fingerprint_eval.py")
+_spec = importlib.util.spec_from_file_location("fingerprint_eval", Path(__file__).resolve().parents[2] / "benchmarks/fingerprint_eval.py")
 fingerprint_eval = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = fingerprint_eval  # dataclasses look their module up there
 _spec.loader.exec_module(fingerprint_eval)

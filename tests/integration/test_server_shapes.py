@@ -22,7 +22,7 @@ from servers import free_port, prometheus_query, start_prometheus, wait_until
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 APPS = Path(__file__).resolve().parent / "shapes"
 BATCH = 2  # frames per request (shapes/*_app.py)
 

@@ -29,7 +29,7 @@ from virk_exporter.incidents.store import S3Store
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = "e2e-detector"
 TOKEN = "e2e-webhook-token"
 RULES = {

@@ -14,7 +14,7 @@ from torch import nn
 from virk_exporter.embed.embedders import HookEmbedder, OutputsEmbedder, RandomConvEncoder, embedder_from_id
 from virk_exporter.drift._torch import pick_device
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The id pins architecture version and a hash of the generated weights: if weight generation
 # ever changes (numpy, code), this fails and the version must be bumped so old references are
 # refused instead of silently compared in another feature space.
