@@ -11,7 +11,6 @@ the host is made private to its pytest process here (rendezvous directory) or pe
 """
 
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -25,8 +24,6 @@ for _folder in (TESTS, TESTS / "unit", TESTS / "integration"):
     if str(_folder) not in sys.path:
         sys.path.insert(0, str(_folder))
 
-_runtime_dir: str | None = None
-
 
 def pytest_configure(config):
     """A private rendezvous directory per pytest process (each xdist worker has its own).
@@ -35,21 +32,15 @@ def pytest_configure(config):
     ``$VIRK_RUNTIME_DIR``; two pytest processes using the default directory would attach to each
     other's workers. Set in ``os.environ`` so that subprocesses (servers, apps) inherit it; a
     test that needs its own directory still sets it for its subprocess. Short (under /tmp): a
-    Unix socket path has at most 107 bytes.
+    Unix socket path has at most 107 bytes. It is left behind (a few empty files): a worker
+    still exiting after the session needs its lock file.
     """
-    global _runtime_dir
     if os.environ.get("PYTEST_XDIST_WORKER"):
         # Several pytest processes share the cores: torch's and OpenMP's default of one thread
         # per core makes them spin against each other (numerical tests ran 10x slower).
         for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ.setdefault(variable, "1")
-    _runtime_dir = tempfile.mkdtemp(prefix="virk-rt-", dir="/tmp")
-    os.environ["VIRK_RUNTIME_DIR"] = _runtime_dir
-
-
-def pytest_unconfigure(config):
-    if _runtime_dir:
-        shutil.rmtree(_runtime_dir, ignore_errors=True)
+    os.environ["VIRK_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="virk-rt-", dir="/tmp")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -57,6 +48,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if integration in Path(item.path).parents:
             item.add_marker(pytest.mark.integration)
+        if _uses_a_shared_fixture(item):
+            # With --dist loadgroup, a file whose tests share a module-scoped fixture (a server,
+            # a worker, a built wheel) runs in one process, which starts that fixture once;
+            # the tests of the other files are spread one by one.
+            item.add_marker(pytest.mark.xdist_group(Path(item.path).name))
+
+
+def _uses_a_shared_fixture(item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    module = item.nodeid.split("::")[0]  # fixtures of the test file itself, not pytest's or conftest's
+    return any(
+        definition.scope != "function" and definition.baseid == module
+        for definitions in info.name2fixturedefs.values()
+        for definition in definitions
+    )
 
 
 @pytest.fixture(autouse=True)

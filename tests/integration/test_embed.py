@@ -37,6 +37,7 @@ def test_default_encoder_shape_id_and_batch_invariance() -> None:
     assert RandomConvEncoder(seed=1).id != enc.id
 
 
+@pytest.mark.slow
 def test_default_encoder_identical_in_another_process() -> None:
     code = (
         "import numpy as np, sys; from virk_exporter.embed.embedders import RandomConvEncoder;"

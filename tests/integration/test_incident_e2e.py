@@ -86,6 +86,7 @@ def alertmanager_config(webhook: str, pager_url: str) -> str:
     )
 
 
+@pytest.mark.slow
 def test_alert_to_bundle_to_replay(tmp_path, monkeypatch):
     s3 = start_seaweedfs(tmp_path / "s3")
     pager = RecordingReceiver()

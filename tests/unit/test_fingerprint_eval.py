@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from virk_exporter.demo import corruptions
 
@@ -20,6 +21,7 @@ sys.modules[_spec.name] = fingerprint_eval  # dataclasses look their module up t
 _spec.loader.exec_module(fingerprint_eval)
 
 
+@pytest.mark.slow
 def test_reduced_evaluation_on_score_photos_meets_a_floor():
     result = fingerprint_eval.evaluate(
         ("rocket", "flower"),
