@@ -48,23 +48,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if integration in Path(item.path).parents:
             item.add_marker(pytest.mark.integration)
-        if _uses_a_shared_fixture(item):
-            # With --dist loadgroup, a file whose tests share a module-scoped fixture (a server,
-            # a worker, a built wheel) runs in one process, which starts that fixture once;
-            # the tests of the other files are spread one by one.
-            item.add_marker(pytest.mark.xdist_group(Path(item.path).name))
-
-
-def _uses_a_shared_fixture(item) -> bool:
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:
-        return False
-    module = item.nodeid.split("::")[0]  # fixtures of the test file itself, not pytest's or conftest's
-    return any(
-        definition.scope != "function" and definition.baseid == module
-        for definitions in info.name2fixturedefs.values()
-        for definition in definitions
-    )
 
 
 @pytest.fixture(autouse=True)
