@@ -13,7 +13,7 @@ demo:
 
 test:
 	bash scripts/setup.sh --test
-	.venv/bin/python -m pytest -q -p no:cacheprovider
+	.venv/bin/python -m pytest -q -p no:cacheprovider -n 4 --dist loadfile
 
 bench:
 	bash scripts/setup.sh --test

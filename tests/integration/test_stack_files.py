@@ -71,6 +71,7 @@ def test_promtool_check_rules():
     assert "SUCCESS" in result.stdout
 
 
+@pytest.mark.slow
 def test_promtool_rule_unit_tests_pass():
     tests = sorted(str(p) for p in (PROMETHEUS / "tests").glob("*.yml"))
     assert tests, "no promtool rule tests in prometheus/tests"
@@ -79,6 +80,7 @@ def test_promtool_rule_unit_tests_pass():
     assert "FAILED" not in result.stdout
 
 
+@pytest.mark.slow
 def test_promtool_rule_unit_tests_catch_a_missing_for(tmp_path):
     """The unit tests are not vacuous: without `for:` the noisy-window and pending cases fail."""
     rules = RULES.read_text()
@@ -163,6 +165,7 @@ def test_accuracy_drop_alert_reads_late_labels_and_past_drift_alerts():
         ("no for", "        for: 15m\n", "        for: 0s\n", "alertname: VisionModelAccuracyDropAfterDrift, time: 2h25m"),
     ],
 )
+@pytest.mark.slow
 def test_promtool_accuracy_alert_tests_catch_a_weaker_rule(tmp_path, mutation, old, new, expected):
     rules = RULES.read_text()
     assert rules.count(old) == 1, mutation

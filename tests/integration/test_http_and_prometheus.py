@@ -42,6 +42,7 @@ def served(tmp_path_factory):
     exporter.close()
 
 
+@pytest.mark.slow
 def test_prometheus_scrapes_the_exporter(served, tmp_path):
     exporter, server, predict = served
     prometheus = start_prometheus(tmp_path / "prom", [f"127.0.0.1:{server.port}"])

@@ -2,6 +2,7 @@
 
 import zipfile
 
+import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
@@ -10,6 +11,7 @@ from virk_exporter.commands.bundle import bundle
 from virk_exporter.demo.app import run
 
 
+@pytest.mark.slow
 def test_demo_detects_diagnoses_and_bundles_both_incidents(tmp_path):
     console = Console(file=(tmp_path / "demo.log").open("w"), width=200)
     summary = run(duration=36, port=0, store=str(tmp_path / "bundles"), console=console)
@@ -26,6 +28,7 @@ def test_demo_detects_diagnoses_and_bundles_both_incidents(tmp_path):
     assert "replay" in log and "virk_exporter.demo:predict" in log
 
 
+@pytest.mark.slow
 def test_demo_command_reports_a_port_in_use(tmp_path):
     import socket
 

@@ -28,6 +28,7 @@ def exporter(tmp_path):
     exp.close()
 
 
+@pytest.mark.slow
 def test_an_os_fork_child_is_monitored_and_exits_without_hanging(exporter):
     """The child re-creates its hand-off thread, attaches as a session of its own (new frame
     ids), its frames reach the shared worker, and the parent's HTTP server does not hang its exit."""
@@ -71,6 +72,7 @@ def _pool_task(i: int) -> int:
     return os.getpid()
 
 
+@pytest.mark.slow
 def test_a_fork_start_pool_child_is_monitored(exporter):
     _POOL["predict"] = exporter.monitor(lambda frames: None)
     with multiprocessing.get_context("fork").Pool(2) as pool:
@@ -83,6 +85,7 @@ def test_a_fork_start_pool_child_is_monitored(exporter):
     assert exporter.request("status")["frames_processed"] == 8 * len(FRAMES)
 
 
+@pytest.mark.slow
 def test_exporters_with_the_same_settings_share_one_worker(tmp_path):
     settings = dict(model=f"shared-{os.getpid()}", store=str(tmp_path / "store"))
     with Exporter(**settings) as a, Exporter(**settings) as b:
@@ -97,6 +100,7 @@ def test_exporters_with_the_same_settings_share_one_worker(tmp_path):
         assert frames_total(a) == frames_total(b) == 2 * len(FRAMES)
 
 
+@pytest.mark.slow
 def test_a_label_recorded_in_another_process_is_scored_by_the_issuing_one(tmp_path):
     settings = dict(model=f"routed-{os.getpid()}", store=str(tmp_path / "store"))
     with Exporter(**settings) as issuer, Exporter(**settings) as other:
@@ -121,6 +125,7 @@ def test_a_label_recorded_in_another_process_is_scored_by_the_issuing_one(tmp_pa
         assert outcomes(other)["correct"] == 2, "the closed process's counts stay in the totals"
 
 
+@pytest.mark.slow
 def test_frames_sent_before_the_worker_is_ready_are_held_or_dropped_as_not_started(tmp_path):
     with Exporter(model=f"early-{os.getpid()}", store=str(tmp_path / "store"), queue_batches=4) as exp:
         predict = exp.monitor(lambda frames: None)

@@ -48,12 +48,14 @@ def outcome() -> dict:
     return {"flagged": flagged, "false_alarms": np.array(false_alarms), "names": names}
 
 
+@pytest.mark.slow
 def test_clean_windows_rarely_alarm(outcome: dict) -> None:
     fa = outcome["false_alarms"]
     print(f"false alarms on clean windows: {fa.sum()}/{len(fa)}")
     assert len(fa) == 40 and fa.mean() <= 0.05
 
 
+@pytest.mark.slow
 def test_corrupted_windows_flagged_at_severity_3_and_up(outcome: dict) -> None:
     flagged = outcome["flagged"]
     print("\ncorruption        " + " ".join(f"s{s}" for s in corruptions.SEVERITIES))

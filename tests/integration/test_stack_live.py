@@ -165,6 +165,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 @pytest.mark.integration
 @pytest.mark.timeout(240)
+@pytest.mark.slow
 def test_every_panel_query_returns_series_from_the_running_demo(tmp_path: Path):
     port = free_port()
     log = tmp_path / "demo.log"

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import pytest
 
 from helpers import sample_value
 from servers import free_port, http_get, wait_until
@@ -25,6 +26,7 @@ def _workers_in(run_dir: Path) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_sigterm_drains_serve_and_the_worker_exits(tmp_path):
     folder = tmp_path / "frames" / "gate"
     folder.mkdir(parents=True)

@@ -46,6 +46,7 @@ def call_spans(traced) -> list:
     return [s for s in spans if s.name == ("predict" if result["mode"] == "per-call" else "POST /predict")]
 
 
+@pytest.mark.slow
 def test_calls_are_attributes_of_the_request_span_by_default(traced):
     result, spans, _ = traced
     if result["mode"] != "current":
@@ -64,6 +65,7 @@ def test_calls_are_attributes_of_the_request_span_by_default(traced):
     assert first_ids == list(range(0, 48, 4))
 
 
+@pytest.mark.slow
 def test_tracer_is_named_and_versioned(traced):
     import virk_exporter
 
@@ -72,6 +74,7 @@ def test_tracer_is_named_and_versioned(traced):
     assert ours == {("virk_exporter", virk_exporter.__version__)}
 
 
+@pytest.mark.slow
 def test_a_span_per_call_nests_under_the_incoming_request(traced):
     result, spans, _ = traced
     if result["mode"] != "per-call":
@@ -92,6 +95,7 @@ def test_a_span_per_call_nests_under_the_incoming_request(traced):
     assert first_ids == list(range(0, 48, 4))
 
 
+@pytest.mark.slow
 def test_monitoring_spans_link_back_to_the_request_spans(traced):
     _, spans, _ = traced
     calls = {(hexid(s.trace_id), hexid(s.span_id)) for s in call_spans(traced)}
@@ -105,6 +109,7 @@ def test_monitoring_spans_link_back_to_the_request_spans(traced):
     assert {"virk.normalize", "virk.record", "virk.embed", "virk.drift", "virk.fingerprint"} <= children
 
 
+@pytest.mark.slow
 def test_drift_detection_is_a_span_event_with_statistic_p_value_and_cause(traced):
     result, spans, _ = traced
     assert result["status"]["sources"]["cam-t"]["detected"]
@@ -118,6 +123,7 @@ def test_drift_detection_is_a_span_event_with_statistic_p_value_and_cause(traced
     assert len(tests) >= 2
 
 
+@pytest.mark.slow
 def test_exemplars_carry_the_trace_ids_of_exported_spans(traced):
     result, spans, _ = traced
     trace_ids = {hexid(s.trace_id) for s in call_spans(traced)}
@@ -132,6 +138,7 @@ def test_exemplars_carry_the_trace_ids_of_exported_spans(traced):
     assert {e.labels["trace_id"] for e in exemplars} <= trace_ids
 
 
+@pytest.mark.slow
 def test_bundle_trace_ids_match_the_spans_of_its_frames(traced):
     result, spans, store = traced
     calls = {(hexid(s.trace_id), hexid(s.span_id)) for s in call_spans(traced)}

@@ -98,6 +98,7 @@ def test_s3_wrong_credentials_are_not_mistaken_for_an_outage(s3):
     assert not isinstance(caught.value, StoreUnavailable)
 
 
+@pytest.mark.slow
 def test_s3_down_during_an_incident_then_back(s3, tmp_path):
     """S3 stops; two alerts fire: both bundles spool on disk. The worker even restarts while S3
     is down. S3 returns: both bundles arrive, byte-identical and verifying; outcomes counted."""

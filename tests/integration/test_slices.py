@@ -73,6 +73,7 @@ def test_a_five_frame_noise_slice_does_not_outrank_a_real_drift_when_tested():
     assert wins >= 9 and tiny_alarms <= 1
 
 
+@pytest.mark.slow
 def test_no_slice_is_reported_under_no_drift_beyond_the_false_discovery_rate():
     trials, alarms, p_values = 150, 0, []
     for seed in range(trials):
@@ -110,6 +111,7 @@ def _frame(rng, i, dark=False):
     return np.clip(f * (0.3 if dark else 1.0), 0, 255).astype(np.uint8)
 
 
+@pytest.mark.slow
 def test_exporter_ranks_the_drifting_site_and_exports_its_score(tmp_path):
     rng = np.random.default_rng(0)
     sites = [f"s{i}" for i in range(10)]

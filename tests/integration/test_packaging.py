@@ -75,6 +75,7 @@ def test_wheel_metadata_has_one_version_extras_urls_and_classifiers(wheel):
     assert "Typing :: Typed" in metadata.get_all("Classifier")
 
 
+@pytest.mark.slow
 def test_stack_export_passes_promtool_and_amtool(tmp_path):
     out = tmp_path / "stack"
     exported = run([*CLI, "stack", "export", str(out)])
@@ -133,6 +134,7 @@ sys.meta_path.insert(0, Block())
 """
 
 
+@pytest.mark.slow
 def test_base_install_monitors_with_the_local_store_and_the_api_only(tmp_path):
     site = tmp_path / "site"
     site.mkdir()

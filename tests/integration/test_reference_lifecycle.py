@@ -56,11 +56,13 @@ def check_survives_restart(store: str) -> None:
         assert watched(third, stream(8, seed=2))["phase"] == "learning"
 
 
+@pytest.mark.slow
 def test_learned_reference_survives_a_restart_in_a_local_store(tmp_path):
     check_survives_restart(str(tmp_path / "store"))
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_learned_reference_survives_a_restart_in_s3(tmp_path, monkeypatch):
     server = start_seaweedfs(tmp_path / "seaweedfs")
     try:
@@ -82,6 +84,7 @@ def post(url: str, body: dict, token: str | None = None) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
+@pytest.mark.slow
 def test_rebase_over_http_and_the_cli_needs_credentials(tmp_path):
     with Exporter(model="rebase", store=str(tmp_path), webhook_token="s3cret", **SETTINGS) as exporter:
         server = exporter.serve(port=0)
@@ -109,12 +112,14 @@ def test_rebase_over_http_and_the_cli_needs_credentials(tmp_path):
         assert refused.returncode != 0 and "401" in refused.stderr and "Traceback" not in refused.stderr
 
 
+@pytest.mark.slow
 def test_rebase_over_http_is_refused_without_configured_credentials(tmp_path):
     with Exporter(model="open", store=str(tmp_path), **SETTINGS) as exporter:
         server = exporter.serve(port=0)
         assert post(f"{server.url}/api/v1/rebase", {})[0] == 403
 
 
+@pytest.mark.slow
 def test_one_odd_frame_size_cannot_stall_learning(tmp_path):
     with Exporter(model="odd", store=str(tmp_path), **SETTINGS) as exporter:
         predict = exporter.monitor(source=lambda frames: "cam")(lambda frames: None)
@@ -129,6 +134,7 @@ def test_one_odd_frame_size_cannot_stall_learning(tmp_path):
         assert metric(exporter, "virk_errors_total", stage="reference") == 0.0
 
 
+@pytest.mark.slow
 def test_content_change_is_labelled_content_not_a_capture_cause(tmp_path):
     """The model's features move (a new scene for the model) while the pixels do not."""
     rng = np.random.default_rng(0)

@@ -5,12 +5,14 @@ import subprocess
 import sys
 
 import cv2
+import pytest
 
 from helpers import sample_value
 from servers import free_port, http_get, wait_until
 from virk_exporter.demo import photos
 
 
+@pytest.mark.slow
 def test_serve_watches_a_directory_of_cameras(tmp_path):
     for camera, photo in (("gate", "coffee"), ("dock", "rocket")):
         folder = tmp_path / "frames" / camera

@@ -9,17 +9,19 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from virk_exporter.demo import corruptions
 
 from virk_exporter.demo import photos
 
-_spec = importlib.util.spec_from_file_location("fingerprint_eval", Path(__file__).resolve().parents[1] / "benchmarks/fingerprint_eval.py")
+_spec = importlib.util.spec_from_file_location("fingerprint_eval", Path(__file__).resolve().parents[2] / "benchmarks/fingerprint_eval.py")
 fingerprint_eval = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = fingerprint_eval  # dataclasses look their module up there
 _spec.loader.exec_module(fingerprint_eval)
 
 
+@pytest.mark.slow
 def test_reduced_evaluation_on_score_photos_meets_a_floor():
     result = fingerprint_eval.evaluate(
         ("rocket", "flower"),

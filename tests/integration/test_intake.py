@@ -10,6 +10,7 @@ import urllib.request
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
+import pytest
 from incident_helpers import MODEL, alert
 from prometheus_client import CollectorRegistry
 from servers import wait_until
@@ -40,6 +41,7 @@ class Recording(Counting):
         return super().__call__(a)
 
 
+@pytest.mark.slow
 def test_builds_run_newest_first_and_a_newer_firing_supersedes_a_queued_one(tmp_path):
     gate = threading.Event()
     provider = Recording(gate)
@@ -89,6 +91,7 @@ def test_a_journal_entry_that_is_not_an_alert_is_set_aside(tmp_path):
     assert journal.pending() == [] and (journal.directory / "0123.bad").exists()
 
 
+@pytest.mark.slow
 def test_an_accepted_alert_survives_kill_9_of_the_worker(tmp_path):
     """The worker is killed right after the 202, before it can have built the bundle; the
     restarted worker finds the alert in the journal and builds it."""

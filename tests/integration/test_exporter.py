@@ -189,6 +189,7 @@ def test_sampling_every_nth_and_rate(exporter):
         exporter.monitor(sample=0)
 
 
+@pytest.mark.slow
 def test_source_cardinality_is_capped(tmp_path):
     with Exporter(model="cap", store=str(tmp_path), max_sources=3) as exp:
 
@@ -205,6 +206,7 @@ def test_source_cardinality_is_capped(tmp_path):
         assert sample_value(text, "virk_frames_total", source="other") == 7
 
 
+@pytest.mark.slow
 def test_two_exporters_in_one_process_do_not_collide(tmp_path):
     with Exporter(model="a", store=str(tmp_path / "a")) as a, Exporter(model="b", store=str(tmp_path / "b")) as b:
 
@@ -226,6 +228,7 @@ def test_two_exporters_in_one_process_do_not_collide(tmp_path):
         assert sample_value(exposition(a), "virk_frames_total", model="b") == 0
 
 
+@pytest.mark.slow
 def test_full_queue_drops_and_counts_without_blocking(tmp_path):
     with Exporter(model="shed", store=str(tmp_path), queue_batches=4) as exp:
         assert exp.wait_ready(120)
@@ -251,6 +254,7 @@ def test_full_queue_drops_and_counts_without_blocking(tmp_path):
         assert dropped + processed == sampled == 60
 
 
+@pytest.mark.slow
 def test_recorder_never_exceeds_its_byte_bound(tmp_path):
     bound = 300_000
     noisy = np.random.default_rng(2).integers(0, 256, (20, 120, 160, 3), dtype=np.uint8)  # JPEG-hostile
@@ -272,6 +276,7 @@ def test_recorder_never_exceeds_its_byte_bound(tmp_path):
         assert 0 < sample_value(text, "virk_recorder_bytes") <= bound
 
 
+@pytest.mark.slow
 def test_close_drains_and_is_idempotent(tmp_path):
     exp = Exporter(model="drain", store=str(tmp_path))
 
@@ -286,6 +291,7 @@ def test_close_drains_and_is_idempotent(tmp_path):
     assert predict(FRAME) == "still works"  # after close the function is just the function
 
 
+@pytest.mark.slow
 def test_a_crashed_worker_is_replaced_and_predict_never_notices(tmp_path):
     import os
     import signal
@@ -339,6 +345,7 @@ def test_input_forms_through_the_decorator_are_recorded_as_rgb(exporter):
     assert np.abs(gray[..., 1].astype(int) - rgb[..., 0].astype(int)).mean() < 8
 
 
+@pytest.mark.slow
 def test_a_saved_reference_is_used_at_once_and_bad_ones_fail_at_construction(tmp_path):
     from virk_exporter.demo import photos
     from virk_exporter.embed.embedders import RandomConvEncoder

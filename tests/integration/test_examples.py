@@ -9,13 +9,14 @@ import pytest
 
 from helpers import sample_value
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+@pytest.mark.slow
 def test_torch_classifier_slices_and_late_labels(tmp_path):
     import torch_classifier
 
@@ -30,6 +31,7 @@ def test_torch_classifier_slices_and_late_labels(tmp_path):
     assert 0 < incorrect and sample_value(text, "virk_label_accuracy_ratio", source="dock-cam") == pytest.approx(correct / (correct + incorrect))
 
 
+@pytest.mark.slow
 def test_detector_with_hooked_features_and_box_statistics(tmp_path):
     import detector
     from standins import TinyDetector
@@ -42,6 +44,7 @@ def test_detector_with_hooked_features_and_box_statistics(tmp_path):
     assert sample_value(text, "virk_errors_total", stage="features") == 0.0
 
 
+@pytest.mark.slow
 def test_hugging_face_style_classifier_with_class_names_as_labels(tmp_path):
     import hf_classifier
 
@@ -117,6 +120,7 @@ print(json.dumps({"standin": standin, "answers": answers, "ready": ready, "statu
 """
 
 
+@pytest.mark.slow
 def test_fastapi_service_with_opentelemetry_and_mounted_routes(tmp_path):
     run = subprocess.run(
         [sys.executable, "-c", SERVICE_SCRIPT, str(EXAMPLES), str(tmp_path)], capture_output=True, text=True, timeout=240

@@ -23,7 +23,7 @@ from servers import free_port, http_get, prometheus_query, start_prometheus, wai
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 APPS = Path(__file__).resolve().parent / "shapes"
 BATCH = 2  # frames per request (shapes/*_app.py)
 
@@ -142,6 +142,7 @@ def scrape_health(prometheus) -> list[tuple[str, str, float]]:
     return [(t["health"], t["lastError"], t["lastScrapeDuration"]) for t in targets]
 
 
+@pytest.mark.slow
 def test_gunicorn_three_workers_one_monitor_and_a_real_prometheus_sees_no_reset(tmp_path):
     port, served = free_port(), free_port()
     process, run_dir, log = start_service(gunicorn(port), tmp_path, f"http://127.0.0.1:{port}/-/ready", VIRK_TEST_SERVE_PORT=str(served))
@@ -174,6 +175,7 @@ def test_gunicorn_three_workers_one_monitor_and_a_real_prometheus_sees_no_reset(
         stop(process, run_dir)
 
 
+@pytest.mark.slow
 def test_gunicorn_preload_forked_workers_are_monitored(tmp_path):
     port, served = free_port(), free_port()  # serve() in the master, before the fork: the workers must not inherit it as a zombie
     process, run_dir, log = start_service(gunicorn(port, "--preload"), tmp_path, f"http://127.0.0.1:{port}/-/ready", VIRK_TEST_SERVE_PORT=str(served))
@@ -184,6 +186,7 @@ def test_gunicorn_preload_forked_workers_are_monitored(tmp_path):
         stop(process, run_dir)
 
 
+@pytest.mark.slow
 def test_gunicorn_one_reference_a_scripted_blur_and_its_bundle(tmp_path):
     """Three workers feed one drift state: a blur on the camera is detected whichever worker
     got which frames, and a webhook landing on any worker builds the bundle."""
@@ -214,6 +217,7 @@ def test_gunicorn_one_reference_a_scripted_blur_and_its_bundle(tmp_path):
         stop(process, run_dir)
 
 
+@pytest.mark.slow
 def test_uvicorn_two_workers_async_predict(tmp_path):
     port = free_port()
     argv = [sys.executable, "-m", "uvicorn", "--workers", "2", "--host", "127.0.0.1", "--port", str(port), "asgi_app:app"]

@@ -29,7 +29,7 @@ from virk_exporter.incidents.store import S3Store
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = "e2e-detector"
 TOKEN = "e2e-webhook-token"
 RULES = {
@@ -86,6 +86,7 @@ def alertmanager_config(webhook: str, pager_url: str) -> str:
     )
 
 
+@pytest.mark.slow
 def test_alert_to_bundle_to_replay(tmp_path, monkeypatch):
     s3 = start_seaweedfs(tmp_path / "s3")
     pager = RecordingReceiver()
