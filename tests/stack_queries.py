@@ -6,7 +6,6 @@ No mocks here: the tests that use this run promtool, amtool, Alertmanager and Pr
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -28,14 +27,13 @@ GRAFANA_GLOBALS = {"__rate_interval": "30s", "__interval": "15s", "__range": "1h
 def exporter_metric_names() -> set[str]:
     """Every sample name the exporter can expose, from the families in virk_exporter/telemetry/metrics.py.
 
-    metrics.py is loaded by path (not through the package, which imports torch) and its families
-    are instantiated on fresh registries; prometheus-client adds `_total` to counters and
-    `_bucket`/`_sum`/`_count` to histograms (and `_created` to both).
+    Its families are instantiated on fresh registries (the package imports torch lazily, so this
+    stays light); prometheus-client adds `_total` to counters and `_bucket`/`_sum`/`_count` to
+    histograms (and `_created` to both).
     """
-    spec = importlib.util.spec_from_file_location("_virk_metrics_for_stack_tests", ROOT / "virk_exporter" / "metrics.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     from prometheus_client import CollectorRegistry
+
+    from virk_exporter.telemetry import metrics as module
 
     names: set[str] = set()
     for cls in (module.CallerMetrics, module.WorkerMetrics):
