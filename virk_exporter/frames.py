@@ -92,7 +92,7 @@ def capture(frames: Any) -> Captured:
         frames = frames.detach()
         if frames.device.type != "cpu":
             frames = frames.cpu()
-        if frames.dtype.is_floating_point and frames.dtype not in _TORCH_NUMPY_FLOATS:
+        if frames.dtype.is_floating_point and str(frames.dtype) not in _TORCH_NUMPY_FLOATS:
             frames = frames.float()  # bfloat16 and friends have no NumPy dtype
         frames = frames.numpy()
     if not isinstance(frames, np.ndarray):
@@ -112,12 +112,8 @@ def is_torch_tensor(x: Any) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "detach")
 
 
-try:  # torch is a dependency, but frames.py must stay importable without paying for it.
-    import torch as _torch
-
-    _TORCH_NUMPY_FLOATS = (_torch.float16, _torch.float32, _torch.float64)
-except ImportError:  # pragma: no cover
-    _TORCH_NUMPY_FLOATS = ()
+# Torch float dtypes NumPy has (by name: importing torch costs the caller's process ~3 s of CPU).
+_TORCH_NUMPY_FLOATS = ("torch.float16", "torch.float32", "torch.float64")
 
 
 Layout = Literal["hw", "hwc", "chw", "nhw", "nhwc", "nchw"]

@@ -8,7 +8,8 @@ from helpers import exposition, sample_value
 from virk_exporter import Exporter
 from virk_exporter.incidents.bundle import read_bundle
 from virk_exporter.incidents.webhook import make_alert_payload, parse_notification
-from virk_exporter.drift.slices import MAX_TAG_CHARS, MAX_TAGS, n_permutations_for, normalize_tags, rank_slices, tags_per_frame
+from virk_exporter.caller.tags import MAX_TAG_CHARS, MAX_TAGS, normalize_tags, tags_per_frame
+from virk_exporter.drift.slices import n_permutations_for, rank_slices
 
 D = 16
 

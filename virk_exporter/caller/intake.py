@@ -29,7 +29,7 @@ from virk_exporter.caller.handoff import Handoff
 from virk_exporter.caller.labels import RAISED, LabelBook
 from virk_exporter.caller.outputs import output_rows, output_summary, to_numpy
 from virk_exporter.caller.worker_handle import WorkerHandle
-from virk_exporter.drift.slices import tags_per_frame
+from virk_exporter.caller.tags import tags_per_frame
 from virk_exporter.telemetry.metrics import CallerMetrics
 from virk_exporter.telemetry.tracing import hex_ids
 from virk_exporter.wire.transport import SESSION_BITS, Arrays, BatchInfo

@@ -36,41 +36,12 @@ from scipy.stats import false_discovery_control
 
 from virk_exporter.drift.mmd import median_heuristic_sigma, rbf
 
-MAX_TAGS = 8  # keys kept per frame (sorted by key)
-MAX_TAG_CHARS = 64  # a key or value is cut to this many characters
 MIN_SUPPORT = 10  # recent frames a slice needs before it is tested
 MAX_SLICES = 32  # slices tested per ranking (the best supported)
 MAX_SLICE_FRAMES = 128  # newest frames of a slice that its test uses
 MAX_REFERENCE = 256  # reference points used by slice tests (a fixed subsample)
 TOP_K = 5  # slices exported as virk_slice_drift_score per source
 SLICE_FDR = 0.05  # Benjamini-Hochberg false discovery rate over a ranking's slices
-
-
-# ---------------------------------------------------------------------- caller side: tags
-def _cut(value: Any) -> str:
-    text = value if isinstance(value, str) else str(value)
-    return text[:MAX_TAG_CHARS]
-
-
-def normalize_tags(value: Any) -> dict[str, str]:
-    """One frame's tags as a small ``str -> str`` dict (at most ``MAX_TAGS`` keys; None values dropped)."""
-    if not value:
-        return {}
-    if not isinstance(value, dict):
-        raise TypeError(f"tags must be a dict (or a list of dicts, one per frame), got {type(value).__name__}")
-    items = sorted((_cut(k), _cut(v)) for k, v in value.items() if v is not None)
-    return dict(items[:MAX_TAGS])
-
-
-def tags_per_frame(value: Any, n: int) -> list[dict[str, str]]:
-    """What a ``tags`` callable returned, as one dict per frame of an n-frame call."""
-    if value is None or isinstance(value, dict):
-        tags = normalize_tags(value)
-        return [tags] * n
-    frames = [normalize_tags(v) for v in value]
-    if len(frames) != n:
-        raise ValueError(f"tags() returned {len(frames)} dicts for {n} frames")
-    return frames
 
 
 # ---------------------------------------------------------------------- worker side: ranking
