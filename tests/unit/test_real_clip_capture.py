@@ -46,12 +46,13 @@ def clip() -> tuple[CaptureDetector, np.ndarray, np.ndarray]:
 
 def _windows(detector: CaptureDetector, frames: np.ndarray, previous: np.ndarray) -> list:
     props, _ = compute_properties_and_smalls(frames, previous=previous, reference=detector.fingerprinter.reference_view)
-    return [detector.test({k: v[s : s + WINDOW] for k, v in props.items()}) for s in range(0, len(frames) - WINDOW + 1, WINDOW // 2)]
+    return [detector.test({k: v[s : s + WINDOW] for k, v in props.items()}) for s in range(0, len(frames) - WINDOW + 1, 2)]
 
 
 def test_normal_footage_whose_content_moved_raises_no_capture_fault(clip):
     detector, reference, rest = clip
-    results = _windows(detector, rest, reference[-1])
+    played = np.concatenate([rest, rest[::-1][1:]])  # ping-pong, as a short clip is played back: the end's pose held longest
+    results = _windows(detector, played, reference[-1])
     assert len(results) >= 6
     assert [r.diagnosis.top for r in results if r.drift] == []
     assert all(r.diagnosis.top not in CAUSES for r in results)
