@@ -32,7 +32,7 @@ class ExporterConfig:
     # drift features: the seeded image encoder, predict's scores, or monitor(features=...)'s rows
     embedder: Literal["image", "outputs", "features"] = "image"
     # A learned reference samples a source over `reference_period_s` (one frame every
-    # reference_period_s / reference_frames seconds, baseline.py); live test windows are sampled
+    # reference_period_s / reference_frames seconds, reference/baseline.py); live test windows are sampled
     # at the same spacing. reference_period_s=0 takes every frame: the first `reference_frames`.
     reference_period_s: float = 900.0
     reference_frames: int = 512  # samples per learned reference (the cap)
