@@ -121,6 +121,21 @@ def test_version_and_a_help_that_imports_nothing_heavy():
     assert "replay" in run([*CLI, "bundle", "--help"]).stdout
 
 
+def test_the_callers_process_imports_neither_torch_nor_scipy():
+    """A gunicorn worker that decorates predict pays for monitoring in microseconds, not seconds of imports."""
+    code = textwrap.dedent(
+        """
+        import sys
+        from virk_exporter import Exporter
+        import virk_exporter.caller.exporter
+        print("HEAVY", sorted(m for m in ("torch", "scipy", "cv2", "matplotlib") if m in sys.modules))
+        """
+    )
+    result = run([sys.executable, "-c", code])
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout, result.stdout
+
+
 # The base install: these distributions are extras, and importing them fails as if absent.
 _BLOCK = """
 import importlib.abc, sys
