@@ -67,7 +67,7 @@ class Call:
     result: Any
     error: BaseException | None
     duration: float
-    context: Any  # the OpenTelemetry span context of the call (invalid when tracing is off)
+    span: Any  # the OpenTelemetry span the call's attributes went on (None when tracing is off)
     timestamp: float
     n: int = 0
     first_id: int = 0
@@ -134,8 +134,7 @@ class Intake:
     def observe(self, target: Target, span: Any, args: tuple, kwargs: dict, result: Any, error: BaseException | None, duration: float) -> None:
         """What the caller's thread does per call (``span``: where the call's attributes go, or None). Never raises."""
         try:
-            context = INVALID_SPAN_CONTEXT if span is None else span.get_span_context()
-            call = Call(target, None, args, kwargs, result, error, duration, context, time.time())
+            call = Call(target, None, args, kwargs, result, error, duration, span, time.time())
             if self.closed:
                 self._frame_ids.set(_NO_IDS)
                 self.account(call, shed=None)
@@ -212,7 +211,8 @@ class Intake:
         ``shed`` is a drop reason (frames counted, sampled ones dropped), None (only the
         duration is counted: unreadable input, or the intake is closed) or "" (normal).
         """
-        trace_id, span_id = hex_ids(call.context)
+        # A span's context is immutable: read here, off the caller's thread (the span may have ended).
+        trace_id, span_id = hex_ids(INVALID_SPAN_CONTEXT if call.span is None else call.span.get_span_context())
         exemplar = {"trace_id": trace_id, "span_id": span_id} if trace_id else None
         self._duration.observe(call.duration, exemplar)
         if shed is None:
