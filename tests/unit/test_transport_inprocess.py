@@ -11,7 +11,7 @@ from multiprocessing.connection import Connection
 import numpy as np
 
 from virk_exporter.caller.handoff import Handoff
-from virk_exporter.wire.transport import Arena, Arrays, BatchInfo, FrameConsumer, FrameProducer, socket_pair
+from virk_exporter.wire.transport import Arena, Arrays, BatchInfo, FrameConsumer, FrameProducer, socket_pair, split_batch
 
 
 def pair(data_bytes: int = 1 << 20, max_batches: int = 8) -> tuple[FrameProducer, FrameConsumer, Arena]:
@@ -78,3 +78,29 @@ def test_the_handoff_thread_keeps_order_drains_and_refuses_when_full():
     assert handoff.drain(5)
     assert seen == [i for i, ok in enumerate(accepted) if ok] and errors == []
     handoff.close(5)
+
+
+def test_a_batch_larger_than_one_message_crosses_in_pieces_with_its_rows_and_tags():
+    producer, consumer, arena = pair(data_bytes=1 << 18, max_batches=16)  # one message: 64 KiB
+    frames = np.arange(8 * 64 * 64 * 3, dtype=np.uint32).astype(np.uint8).reshape(8, 64, 64, 3)  # 12 KiB a frame
+    frames[:, 0, 0, 0] = np.arange(8)
+    outputs = np.arange(8 * 2, dtype=np.float32).reshape(8, 2)
+    batch = info(8, tags=[{"i": str(i)} for i in range(8)])
+    assert producer.try_put(Arrays(frames, outputs), batch) == "batch_too_large"
+    pieces = split_batch(Arrays(frames, outputs), batch, producer.max_batch_bytes)
+    assert len(pieces) == 2
+    for piece, piece_info in pieces:
+        assert producer.try_put(piece, piece_info) is None
+    ids, tags, firsts, rows = [], [], [], []
+    for _ in pieces:
+        got_info, arrays = consumer.receive()
+        ids += got_info.frame_ids
+        tags += got_info.tags
+        firsts += arrays.frames[:, 0, 0, 0].tolist()
+        rows += arrays.outputs[:, 0].tolist()
+        assert got_info.timestamp == 1.5 and got_info.color == "bgr"
+    assert ids == list(range(8)) and firsts == list(range(8)) and rows == outputs[:, 0].tolist()
+    assert tags == [{"i": str(i)} for i in range(8)]
+    single = split_batch(Arrays(frames[:1]), info(1), producer.max_batch_bytes)
+    assert len(single) == 1 and single[0][1].frame_ids == [0]
+    arena.close()

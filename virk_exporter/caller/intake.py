@@ -262,9 +262,8 @@ class Intake:
             tags=self._tags_of(call, chosen) if target.tags is not None else None,
             function=target.function,
         )
-        reason = self._worker.put(Arrays(batch, outputs, features), info)
-        if reason is not None:
-            self.count_drop(reason, len(chosen))
+        for reason, frames in self._worker.put(Arrays(batch, outputs, features), info):
+            self.count_drop(reason, frames)
 
     def _source_counters(self, label: str) -> tuple[Any, Any]:
         counters = self._counters.get(label)

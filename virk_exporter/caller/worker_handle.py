@@ -23,7 +23,7 @@ import numpy as np
 
 from virk_exporter.config import ExporterConfig
 from virk_exporter.wire.rendezvous import Attached, Rendezvous, send_attach, worker_key
-from virk_exporter.wire.transport import Arena, Arrays, BatchInfo, FrameProducer, socket_pair
+from virk_exporter.wire.transport import Arena, Arrays, BatchInfo, FrameProducer, socket_pair, split_batch
 
 log = logging.getLogger("virk_exporter")
 
@@ -172,21 +172,26 @@ class WorkerHandle:
         return self._producer.depth() if self._producer is not None else 0
 
     # ------------------------------------------------------------------ frames
-    def put(self, arrays: Arrays, info: BatchInfo) -> str | None:
-        """Hand a batch to the worker; returns None or a drop reason. Never blocks.
+    def put(self, arrays: Arrays, info: BatchInfo) -> list[tuple[str, int]]:
+        """Hand a batch to the worker, in pieces when it is larger than one message may be; returns
+        the drops as (reason, frames), none when all went. Never blocks.
 
         Until the worker is ready the arena holds what fits (``queue_batches``,
         ``queue_bytes``); what does not fit is dropped as ``not_started``.
         """
         producer = self._producer
         if producer is None:
-            return "worker_down" if self._wanted else "not_started"
+            return [("worker_down" if self._wanted else "not_started", len(info.frame_ids))]
         if not self.alive:
-            return "worker_down"
-        reason = producer.try_put(arrays, info)
-        if reason == "queue_full" and not self._arena.ready:
-            return "not_started"
-        return reason
+            return [("worker_down", len(info.frame_ids))]
+        drops = []
+        for piece, piece_info in split_batch(arrays, info, producer.max_batch_bytes):
+            reason = producer.try_put(piece, piece_info)
+            if reason == "queue_full" and not self._arena.ready:
+                reason = "not_started"
+            if reason is not None:
+                drops.append((reason, len(piece_info.frame_ids)))
+        return drops
 
     def _supervise(self) -> None:
         """Restart a dead worker without waiting for the next call."""

@@ -16,7 +16,7 @@ import os
 import socket
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -121,6 +121,26 @@ class BatchMessage:
     info: BatchInfo
 
 
+def split_batch(arrays: Arrays, info: BatchInfo, max_bytes: int) -> list[tuple[Arrays, BatchInfo]]:
+    """A batch as pieces of at most ``max_bytes`` each (consecutive frames; one frame per piece at
+    least), so that large frames in large batches (8 x 1280x720) are not dropped whole."""
+    n = len(info.frame_ids)
+    per_frame = sum(_aligned(a.nbytes // n) for a in (arrays.frames, arrays.outputs, arrays.features) if a is not None)
+    size = max(1, max_bytes // max(per_frame, 1) - 1)  # - 1: room for the pieces' alignment padding
+    if n <= size:
+        return [(arrays, info)]
+
+    def rows(array: np.ndarray | None, at: slice) -> np.ndarray | None:
+        return None if array is None else array[at]
+
+    pieces = []
+    for start in range(0, n, size):
+        at = slice(start, start + size)
+        piece = replace(info, frame_ids=info.frame_ids[at], sources=info.sources[at], tags=info.tags[at] if info.tags is not None else None)
+        pieces.append((Arrays(arrays.frames[at], rows(arrays.outputs, at), rows(arrays.features, at)), piece))
+    return pieces
+
+
 def socket_pair() -> tuple[Connection, socket.socket]:
     """A connected pair: our end as a Connection, the worker's end as an inheritable socket."""
     ours, theirs = socket.socketpair()
@@ -148,12 +168,17 @@ class FrameProducer:
         """Batches announced and not yet consumed by the worker."""
         return self._sent - int(self.arena.counters[1])
 
+    @property
+    def max_batch_bytes(self) -> int:
+        """The largest batch one message may carry (a quarter of the arena, so that several are in flight)."""
+        return self.arena.capacity // 4
+
     def try_put(self, arrays: Arrays, info: BatchInfo) -> str | None:
         """Copy a batch into the arena and announce it. Returns None, or the reason for a drop."""
         parts = (arrays.frames, arrays.outputs, arrays.features)
         need = sum(_aligned(a.nbytes) for a in parts if a is not None)
         capacity = self.arena.capacity
-        if need > capacity // 4:
+        if need > self.max_batch_bytes:
             return "batch_too_large"
         with self._lock:
             if self._sent - int(self.arena.counters[1]) >= self.max_batches:
