@@ -78,3 +78,16 @@ def test_a_p_val_that_permutations_cannot_reach_is_refused() -> None:
     with pytest.raises(ValueError, match="can never be reached"):
         ExporterConfig(model="m", p_val=0.001, n_permutations=200)
     ExporterConfig(model="m", p_val=0.005, n_permutations=199)  # 1/200 = 0.005 is reachable
+
+
+def test_the_tail_starts_at_the_largest_normal_value_not_at_a_multiple_of_it() -> None:
+    # A short reference (about 4 independent blocks) of a cause that is mostly 0 on normal
+    # footage, with a few excursions up to 1.1: the bar for p = 0.01 / 12 lies a few tail scales
+    # above 1.1; the old tail, stretched from the median, put it at 8.3 and hid strong faults.
+    values = np.r_[np.zeros(30), np.linspace(0.2, 1.1, 15)]
+    null = EmpiricalNull(values, min_scale=0.4, effective_size=3.75)
+    top_p = (1 + 3.75 / values.size) / (1 + 3.75)
+    assert null.p_value(1.1 + null.scale) == pytest.approx(min(1 / 4.75, top_p * np.exp(-1.0)))
+    bar = null.threshold(0.01 / 12)
+    assert 1.1 < bar < 5.0
+    assert null.p_value(bar + 1e-6) <= 0.01 / 12
