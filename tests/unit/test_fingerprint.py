@@ -145,3 +145,22 @@ def test_tiny_frames_single_frame_and_mixed_sources(fp, window):
 def test_too_few_reference_frames_raise(window):
     with pytest.raises(ValueError):
         Fingerprinter(window[:3])
+
+
+def _dimmed(window: np.ndarray, gain: float) -> np.ndarray:
+    return np.clip(window.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+
+
+def test_darker_frames_with_new_streaks_in_each_are_rain_and_plain_darkening_is_exposure(fp, window):
+    # Rain as albumentations draws it: the view darkens and bright slanted streaks fall, new in
+    # every frame. An under-exposure darkens without making frames differ more.
+    rng = np.random.default_rng(5)
+    rainy = _dimmed(window, 0.7)
+    for frame in rainy:
+        for _ in range(800):
+            x, y = int(rng.integers(0, frame.shape[1])), int(rng.integers(0, frame.shape[0]))
+            cv2.line(frame, (x, y), (x + 3, y + 18), (200, 200, 200), 1)
+    d = fp.diagnose(rainy)
+    assert (d.top, d.subkind) == ("weather", "rain"), d.causes[:3]
+    darker = fp.diagnose(_dimmed(window, 0.7))
+    assert (darker.top, darker.subkind) == ("brightness", "under-exposure"), darker.causes[:3]

@@ -237,10 +237,12 @@ def _weather(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple
     # contrast (grey scenes have no colour to lose); an exposure gain raises contrast, a
     # contrast reduction or a blur does not brighten.
     fog = min(e.s("haze"), e.s("brightness"), max(e.s("saturation", -1), e.s("contrast", -1))) - e.s("contrast")
-    precipitation = min(e.s("frame_diff"), e.s("brightness"))
+    # Rain also darkens the view (an overcast sky, albumentations' RandomRain): darker *and*
+    # different in every frame, which an under-exposure (smaller frame differences) never is.
+    precipitation = min(e.s("frame_diff"), e.a("brightness"))
     specks = e.s("specks_bright")
     if precipitation > fog:
-        kind = "rain" if e.s("specks_dark") > 0.6 * specks else "snow"
+        kind = "rain" if e.d("brightness") < 0 or e.s("specks_dark") > 0.6 * specks else "snow"
     else:
         kind = "fog"
     score = max(fog, precipitation) + 0.5 * specks
@@ -265,8 +267,11 @@ def _brightness(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tu
     if abs(e.d("brightness")) < MIN_BRIGHTNESS_LEVELS:
         return 0.0, "", ()
     sign = 1.0 if e.d("brightness") >= 0 else -1.0
-    # Exposure scales contrast with brightness; clipping is exposure's signature too.
+    # Exposure scales contrast with brightness; clipping is exposure's signature too. A darker
+    # exposure shrinks frame-to-frame differences: darker with larger ones is rain (weather).
     score = min(e.s("brightness", sign), max(e.s("contrast", sign), e.s("highlights" if sign > 0 else "shadows")))
+    if sign < 0:
+        score -= e.s("frame_diff")
     return score, "over-exposure" if sign > 0 else "under-exposure", ("brightness", "contrast", "highlights", "shadows")
 
 
