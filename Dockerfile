@@ -18,6 +18,7 @@ COPY virk_exporter ./virk_exporter
 COPY prometheus ./prometheus
 COPY grafana ./grafana
 COPY compose.yaml .env.example ./
+COPY docs/runbook.md ./docs/
 # [demo]: scikit-image and scikit-learn ship the real photographs the demo streams; compose stores
 # bundles in MinIO ([s3]) and sends traces to Jaeger over OTLP ([otlp]).
 RUN pip install ".[demo,s3,otlp]" && rm -rf /src

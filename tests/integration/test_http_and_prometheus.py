@@ -11,6 +11,7 @@ import pytest
 
 from helpers import sample_value
 from servers import binary, http_get, prometheus_query, start_prometheus, wait_until
+from stack_queries import load_rules
 import virk_exporter
 from virk_exporter import Exporter
 from virk_exporter.telemetry.metrics import CORE_PROPERTIES
@@ -117,10 +118,28 @@ def test_landing_page_links_the_routes(served):
     assert status == 200
     page = body.decode()
     assert f"virk-exporter {virk_exporter.__version__}" in page and "<b>scraped</b>" in page
-    for link in ('href="metrics"', 'href="-/healthy"', 'href="-/ready"', "docs/runbook.md"):
+    for link in ('href="metrics"', 'href="-/healthy"', 'href="-/ready"', 'href="runbook"'):
         assert link in page, link
+    assert "github.com" not in page  # no link to a project home that does not exist
     # The relative links resolve to routes that answer.
     assert http_get(f"{server.url}/metrics")[0] == 200
+    assert http_get(f"{server.url}/runbook")[0] == 200
+
+
+def test_runbook_page_has_every_alert_section(served):
+    """Each alert's runbook_url (BASE#<name lower>) lands on a section of the page /runbook serves."""
+    _, server, _ = served
+    with urllib.request.urlopen(f"{server.url}/runbook", timeout=5) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "text/html; charset=utf-8"
+        page = response.read().decode()
+    alerts = [r["alert"] for g in load_rules()["groups"] for r in g["rules"] if "alert" in r]
+    assert len(alerts) >= 10
+    for name in alerts:
+        assert f'<h2 id="{name.lower()}">{name}</h2>' in page, name
+    assert "<h1>Runbook: virk-exporter alerts</h1>" in page
+    # The Markdown is escaped text, never markup: `<fingerprint>` of the runbook's commands.
+    assert "bundle fetch &lt;fingerprint&gt;" in page and "<fingerprint>" not in page
 
 
 def test_health_ready_and_unknown_routes(served):

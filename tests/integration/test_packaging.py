@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 import virk_exporter
 from servers import binary
@@ -30,6 +31,7 @@ STACK_FILES = {
     "grafana/dashboards/virk-source.json",
     "grafana/provisioning/dashboards/virk.yml",
     "grafana/provisioning/datasources/virk.yml",
+    "docs/runbook.md",  # also the exporter's GET /runbook
 }
 
 
@@ -58,7 +60,7 @@ def test_wheel_ships_the_stack_files_types_and_license(wheel):
             assert archive.read(f"virk_exporter/stack/{name.replace('.env.example', 'env.example')}") == (ROOT / name).read_bytes(), name
 
 
-def test_wheel_metadata_has_one_version_extras_urls_and_classifiers(wheel):
+def test_wheel_metadata_has_one_version_extras_and_classifiers(wheel):
     with zipfile.ZipFile(wheel) as archive:
         (meta,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
         metadata = email.message_from_bytes(archive.read(meta))
@@ -71,7 +73,7 @@ def test_wheel_metadata_has_one_version_extras_urls_and_classifiers(wheel):
     assert not any(r.startswith(("minio", "opentelemetry-sdk", "opentelemetry-exporter")) for r in base), base
     assert any(r.startswith("minio") and 'extra == "s3"' in r for r in requires)
     assert any(r.startswith("opentelemetry-sdk") and 'extra == "otlp"' in r for r in requires)
-    assert any(url.startswith("Runbook, ") for url in metadata.get_all("Project-URL"))
+    assert metadata.get_all("Project-URL") is None  # no project home we could vouch for; the exporter serves /runbook
     assert "Typing :: Typed" in metadata.get_all("Classifier")
 
 
@@ -95,6 +97,38 @@ def test_stack_export_passes_promtool_and_amtool(tmp_path):
     again = run([*CLI, "stack", "export", str(out)])
     assert again.returncode != 0 and "--force" in again.stderr and "Traceback" not in again.stderr
     assert run([*CLI, "stack", "export", str(out), "--force"]).returncode == 0
+
+
+@pytest.mark.slow
+def test_stack_export_points_runbook_links_at_runbook_url(tmp_path):
+    base = "https://wiki.example.com/ops/virk-runbook"
+    out = tmp_path / "stack"
+    exported = run([*CLI, "stack", "export", str(out), "--runbook-url", base])
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    rules = yaml.safe_load((out / "prometheus" / "virk.rules.yml").read_text())
+    alerts = [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
+    assert len(alerts) >= 10
+    for alert in alerts:
+        assert alert["annotations"]["runbook_url"] == f"{base}#{alert['alert'].lower()}", alert["alert"]
+    # The promtool tests expect the same links, so they still pass on the exported rules.
+    assert "localhost:10098/runbook" not in (out / "prometheus" / "tests" / "virk.rules.test.yml").read_text()
+    checks = [
+        [binary("promtool"), "check", "rules", str(out / "prometheus" / "virk.rules.yml")],
+        [binary("promtool"), "test", "rules", str(out / "prometheus" / "tests" / "virk.rules.test.yml")],
+    ]
+    for argv in checks:
+        result = run(argv, cwd=out)
+        assert result.returncode == 0, " ".join(argv) + "\n" + result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("base", ["wiki.example.com/runbook", "ftp://wiki.example.com/runbook", "http://wiki.example.com/runbook#top"])
+def test_stack_export_refuses_a_runbook_url_that_is_not_a_base_url(tmp_path, base):
+    out = tmp_path / "stack"
+    result = run([*CLI, "stack", "export", str(out), "--runbook-url", base])
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()  # one line, no usage text, no traceback
+    assert line.startswith("Error: --runbook-url must be an http(s) URL") and repr(base) in line, line
+    assert not out.exists()  # nothing written
 
 
 def test_version_and_a_help_that_imports_nothing_heavy():

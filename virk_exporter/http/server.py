@@ -19,6 +19,7 @@ from waitress.task import ThreadedTaskDispatcher
 
 from virk_exporter.http.landing import landing_page
 from virk_exporter.http.messages import Request, Response
+from virk_exporter.http.runbook import runbook_page
 
 
 MAX_BODY = 8 * 2**20  # hard cap on any request body; the webhook applies its own, smaller limit
@@ -75,6 +76,7 @@ def rebase(exporter: Any, request: Request) -> Response:
 ROUTES: list[tuple[str, str, bool, Callable[[Any, Request], Response]]] = [
     # (method, path, is prefix, handler)
     ("GET", "/", False, landing_page),
+    ("GET", "/runbook", False, runbook_page),
     ("GET", "/metrics", False, metrics),
     ("GET", "/-/healthy", False, healthy),
     ("GET", "/-/ready", False, ready),
