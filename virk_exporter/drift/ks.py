@@ -24,11 +24,6 @@ class PropertyTest:
     significant: bool
 
 
-def robust_spread(values: np.ndarray) -> float:
-    """1.4826 * MAD, floored so constant reference properties do not divide by zero."""
-    return _spread_of_sorted(np.sort(np.asarray(values, dtype=np.float64)))
-
-
 def _median_of_sorted(values: np.ndarray) -> float:
     # np.median costs ~30 µs a call in its argument handling; diagnosis takes ~130 medians.
     n = values.size
@@ -36,21 +31,16 @@ def _median_of_sorted(values: np.ndarray) -> float:
 
 
 def _spread_of_sorted(values: np.ndarray) -> float:
+    """1.4826 * MAD, floored so constant reference properties do not divide by zero."""
     median = _median_of_sorted(values)
     mad = _median_of_sorted(np.sort(np.abs(values - median)))
     return max(1.4826 * mad, 1e-6 * (1.0 + abs(median)), 1e-9)
 
 
-def ks_2samp_asymptotic(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
-    """Two-sided two-sample KS statistic and its asymptotic p-value (Kolmogorov distribution).
-
-    ``scipy.stats.ks_2samp`` costs ~6 ms a call in its argument handling; the capture
-    detector's calibration runs it thousands of times, so the statistic is computed here.
-    """
-    return _ks_of_sorted(np.sort(ref), np.sort(cur))
-
-
 def _ks_of_sorted(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
+    """Two-sided two-sample KS statistic of sorted samples and its asymptotic p-value
+    (Kolmogorov distribution). ``scipy.stats.ks_2samp`` costs ~6 ms a call in its argument
+    handling; the capture detector's calibration runs thousands, so it is computed here."""
     pooled = np.concatenate([ref, cur])
     gap = np.searchsorted(ref, pooled, side="right") / ref.size - np.searchsorted(cur, pooled, side="right") / cur.size
     d = float(np.abs(gap).max())

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-TAIL_FROM = 0.5  # the tail model covers the upper half of the null values
+TAIL_FROM = 0.5  # the tail's scale is the mean excess of the null values above this quantile
 MAX_BLOCKS = 128  # null values per statistic: overlapping blocks, evenly spread over the period
 
 
@@ -55,7 +55,6 @@ class EmpiricalNull:
     values: np.ndarray
     min_scale: float = 1e-6  # smallest tail scale (a constant null would make any excess decisive)
     effective_size: float | None = None
-    median: float = field(init=False)
     scale: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -68,7 +67,6 @@ class EmpiricalNull:
         object.__setattr__(self, "effective_size", max(size, 1.0))
         median = float(np.quantile(values, TAIL_FROM))
         excess = values[values > median] - median
-        object.__setattr__(self, "median", median)
         object.__setattr__(self, "scale", max(float(excess.mean()) if excess.size else 0.0, self.min_scale))
 
     @property
