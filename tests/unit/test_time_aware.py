@@ -91,3 +91,20 @@ def test_the_tail_starts_at_the_largest_normal_value_not_at_a_multiple_of_it() -
     bar = null.threshold(0.01 / 12)
     assert 1.1 < bar < 5.0
     assert null.p_value(bar + 1e-6) <= 0.01 / 12
+
+
+def test_a_gated_score_fits_its_tail_to_the_open_gate_values_not_to_the_zeros() -> None:
+    # A moving camera's camera_shift score: 0 in most blocks, and 3.0-4.1 when the geometry gate
+    # opens (the rule adds a constant bonus). Mean excess over the median of all values (0)
+    # would be ~3.5 and put the bar ~20; the open-gate values spread by ~0.3.
+    values = np.r_[np.zeros(40), np.linspace(3.0, 4.1, 12)]
+    gated = EmpiricalNull(values, min_scale=0.4, effective_size=7.8, floor=0.0)
+    plain = EmpiricalNull(values, min_scale=0.4, effective_size=7.8)
+    assert plain.scale > 3.0
+    assert gated.scale == pytest.approx(0.4)  # the open-gate values' excess (~0.3) is below the floor
+    alpha = 0.01 / 12
+    assert 4.1 < gated.threshold(alpha) < 7.0 < plain.threshold(alpha)
+    assert gated.p_value(gated.threshold(alpha) + 1e-6) <= alpha
+    # With fewer than MIN_BODY open-gate values there is no shape to fit: the plain fit is kept.
+    sparse = np.r_[np.zeros(40), [3.0, 4.1]]
+    assert EmpiricalNull(sparse, min_scale=0.4, floor=0.0).scale == EmpiricalNull(sparse, min_scale=0.4).scale

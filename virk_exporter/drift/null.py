@@ -13,7 +13,10 @@ p-value (:class:`EmpiricalNull`): the conformal rank ``(1 + #{null >= x}) / (1 +
 when blocks are exchangeable — extended beyond the largest null value by an exponential tail
 that starts there, at the largest value's own conformal p-value, and decays with the mean excess
 of the upper half over the median (peaks-over-threshold with shape 0), so a small reference can
-still express p-values below ``1 / (1 + K)``. An earlier tail started at the median and was
+still express p-values below ``1 / (1 + K)``. A statistic that is exactly ``floor`` whenever its
+gate is closed (a cause score of 0) is a point mass plus a continuous part: the tail's scale is
+then fitted to the continuous part alone, since the zeros say how often the gate opens, not how
+far it goes when it does (BENCHMARKS.md, "zero-inflated nulls"). An earlier tail started at the median and was
 stretched until it reached the largest value's p-value: with the 4-8 independent blocks of a
 short reference that multiplied the largest normal score by 5-7 and hid strong faults
 (BENCHMARKS.md, "capture bars").
@@ -27,6 +30,7 @@ import numpy as np
 
 TAIL_FROM = 0.5  # the tail's scale is the mean excess of the null values above this quantile
 MAX_BLOCKS = 128  # null values per statistic: overlapping blocks, evenly spread over the period
+MIN_BODY = 3  # values above the floor needed to fit the tail to them alone
 
 
 def block_starts(n: int, window: int, max_blocks: int = MAX_BLOCKS) -> np.ndarray:
@@ -55,6 +59,7 @@ class EmpiricalNull:
     values: np.ndarray
     min_scale: float = 1e-6  # smallest tail scale (a constant null would make any excess decisive)
     effective_size: float | None = None
+    floor: float | None = None  # values at or below it are a point mass (a closed gate), not the tail
     scale: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -65,8 +70,10 @@ class EmpiricalNull:
         object.__setattr__(self, "values", values)
         size = float(min(self.effective_size or values.size, values.size))
         object.__setattr__(self, "effective_size", max(size, 1.0))
-        median = float(np.quantile(values, TAIL_FROM))
-        excess = values[values > median] - median
+        above = values[values > self.floor] if self.floor is not None else values
+        body = above if above.size >= MIN_BODY else values  # too few open-gate values to fit a shape
+        median = float(np.quantile(body, TAIL_FROM))
+        excess = body[body > median] - median
         object.__setattr__(self, "scale", max(float(excess.mean()) if excess.size else 0.0, self.min_scale))
 
     @property

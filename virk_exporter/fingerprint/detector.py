@@ -79,5 +79,8 @@ def _cause_nulls(fingerprinter: Fingerprinter, window: int) -> dict[str, Empiric
     if not scores[CAUSES[0]]:
         return {}
     independent = n / window  # the period holds this many non-overlapping blocks
-    return {c: EmpiricalNull(np.asarray(v), min_scale=NULL_MIN_SCALE, effective_size=independent) for c, v in scores.items()}
+    # A cause's score is 0 while its rule's gate is closed: a point mass below its tail.
+    return {
+        c: EmpiricalNull(np.asarray(v), min_scale=NULL_MIN_SCALE, effective_size=independent, floor=0.0) for c, v in scores.items()
+    }
 
