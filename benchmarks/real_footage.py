@@ -28,6 +28,7 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -39,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import material  # noqa: E402
 from benchmarks.material import seed_of  # noqa: E402
 from virk_exporter.fingerprint import Fingerprinter  # noqa: E402
+from virk_exporter.fingerprint.causes import MIN_SCORE  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 QUICK_FAULTS = "imagenet-c/,albumentations/,codec/,camera/"
@@ -73,14 +75,21 @@ def run_stills(
     plan: StillsPlan,
     resolutions: tuple[tuple[int, int], ...] = material.RESOLUTIONS,
     progress: Callable[[str], None] = lambda _: None,
+    rotation: int = 0,
+    features: bool = False,
+    by_rules: bool = False,
 ) -> list[dict[str, Any]]:
     """One diagnosed window per (resolution, fault, severity), the photograph taken in turn
-    from ``photographs`` so every photograph meets every kind of fault; plus clean windows."""
+    from ``photographs`` so every photograph meets every kind of fault; plus clean windows.
+    ``rotation`` shifts which photograph meets which fault (more material from the same
+    photographs, for fitting); ``features`` keeps each window's naming-model input, and
+    ``by_rules`` names by the largest rule score (fitting must not depend on a previous model)."""
     rows: list[dict[str, Any]] = []
+    diagnose = partial(_diagnose, features=features, by_rules=by_rules)
     for r_index, size in enumerate(resolutions):
         resolution = f"{size[1]}x{size[0]}"
         jobs: dict[int, list[tuple[material.Fault, int]]] = defaultdict(list)
-        turn = r_index
+        turn = r_index + rotation
         for fault in faults:
             if not fault.fits(size):
                 continue
@@ -95,28 +104,35 @@ def run_stills(
             common = dict(photo=photo[1], source=photo[0], resolution=resolution)
             for k in range(plan.clean_windows):
                 clean = pool if k == 0 else material.camera_frames(photo, plan.window, size, base + 1 + k)
-                rows.append(_diagnose(fingerprinter, clean, dict(common, fault="clean", family="clean", cause="none", severity=0), lambda top: top == "none"))
+                rows.append(diagnose(fingerprinter, clean, dict(common, fault="clean", family="clean", cause="none", severity=0), lambda top: top == "none"))
             distinct = None if size[0] * size[1] <= 224 * 168 else plan.distinct
             for fault, severity in jobs[p_index]:
                 started = time.perf_counter()
                 window = fault(pool, severity, seed_of(fault.name, severity, photo, size), distinct=distinct)
                 spent = time.perf_counter() - started
                 meta = dict(common, fault=fault.name, family=fault.family, cause=fault.cause, severity=severity)
-                rows.append(_diagnose(fingerprinter, window, meta, fault.right, corrupt_s=spent))
+                rows.append(diagnose(fingerprinter, window, meta, fault.right, corrupt_s=spent))
     return rows
 
 
-def _diagnose(fingerprinter: Fingerprinter, window: np.ndarray, meta: dict[str, Any], right: Callable[[str], bool], corrupt_s: float = 0.0) -> dict[str, Any]:
+def _diagnose(
+    fingerprinter: Fingerprinter, window: np.ndarray, meta: dict[str, Any], right: Callable[[str], bool], corrupt_s: float = 0.0, features: bool = False, by_rules: bool = False
+) -> dict[str, Any]:
     started = time.perf_counter()
-    diagnosis = fingerprinter.diagnose(window)
+    diagnosis = fingerprinter.diagnose(window, by_rules=by_rules)
     top_score = float(diagnosis.causes[0][1]) if diagnosis.causes else 0.0
+    # The same window named by the largest rule score (the naming before the model), for comparison.
+    by_rules = next((c for c, score in diagnosis.causes if score >= MIN_SCORE), "none")
     return dict(
         meta,
+        **({"features": diagnosis.features.tolist()} if features else {}),
         band=band(meta["severity"]),
         predicted=diagnosis.top,
         subkind=diagnosis.subkind,
         top_score=top_score,
         right=bool(right(diagnosis.top)),
+        by_rules=by_rules,
+        right_by_rules=bool(right(by_rules)),
         corrupt_s=round(corrupt_s, 4),
         diagnose_s=round(time.perf_counter() - started, 4),
     )
@@ -147,6 +163,7 @@ def summarize_stills(rows: list[dict[str, Any]]) -> dict[str, Any]:
         confusions[r["cause"]][r["predicted"]] += 1
     return {
         "top1": {b: rate([r for r in faulty if r["band"] == b]) for b in ("1-2", "3-5")},
+        "top1_by_rules": {b: rate([r for r in faulty if r["band"] == b], "right_by_rules") for b in ("1-2", "3-5")},
         "clean_none": rate(clean),
         "by_cause": grouped(faulty, "cause"),
         "by_resolution": grouped(rows, "resolution"),
@@ -182,10 +199,11 @@ def print_stills(summary: dict[str, Any], title: str) -> None:
     for fault, bands in sorted(summary["by_fault"].items()):
         table.add_row(fault, _pct(bands.get("1-2")), _pct(bands.get("3-5")), summary["called"].get(fault, ""))
     console.print(table)
-    t = summary["top1"]
+    t, r = summary["top1"], summary["top1_by_rules"]
     console.print(
         f"[bold]{title}[/bold]: top-1 at severity 1-2 {_pct(t['1-2'])}, at 3-5 {_pct(t['3-5'])}; "
-        f"clean windows called none {_pct(summary['clean_none'])}"
+        f"clean windows called none {_pct(summary['clean_none'])}; named by the largest rule score instead "
+        f"(before the naming model): {_pct(r['1-2'])}, {_pct(r['3-5'])}"
     )
 
 

@@ -53,6 +53,7 @@ def test_wheel_ships_the_stack_files_types_and_license(wheel):
     stack = {name.removeprefix("virk_exporter/stack/") for name in names if name.startswith("virk_exporter/stack/")}
     assert stack == {name.replace(".env.example", "env.example") for name in STACK_FILES}
     assert "virk_exporter/py.typed" in names
+    assert "virk_exporter/fingerprint/cause_model.json" in names  # the naming model's fitted numbers
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
     # The shipped files are the repository's, byte for byte.
     with zipfile.ZipFile(wheel) as archive:

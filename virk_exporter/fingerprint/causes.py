@@ -12,6 +12,10 @@ statistically significant but physically negligible changes from naming a cause.
 The signatures and gates were tuned on the ``photos.TUNE`` photographs. Two rules (rain/snow
 by frame-to-frame change; camera shift discounted by it) were revised after one evaluation run
 on ``photos.SCORE``; BENCHMARKS.md reports the runs before and after.
+
+The rules decide whether a window names a cause at all (a score at least ``MIN_SCORE``, and
+above the capture detector's bar); *which* cause is named is the naming model's choice
+(``naming.py``), fitted on all the evidence, unless ``by_rules`` asks for the largest score.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 
 from virk_exporter.drift.ks import PropertyTest, ks_property_tests
 from virk_exporter.fingerprint.geometry import GEOMETRY_NAMES, ReferenceView, compute_geometry
+from virk_exporter.fingerprint.naming import evidence_features, shipped_model
 from virk_exporter.fingerprint.properties import (
     PROPERTY_NAMES,
     compute_properties_and_smalls,
@@ -94,6 +99,8 @@ class Diagnosis:
     evidence: list[Evidence] = field(default_factory=list)
     subkind: str = ""
     notes: list[str] = field(default_factory=list)
+    probabilities: dict[str, float] = field(default_factory=dict)  # the naming model's, when it named the top
+    features: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the naming model's input
 
     @property
     def scores(self) -> dict[str, float]:
@@ -104,6 +111,7 @@ class Diagnosis:
             "top": self.top,
             "subkind": self.subkind,
             "causes": [[name, float(score)] for name, score in self.causes],
+            "probabilities": dict(self.probabilities),
             "evidence": [e.to_dict() for e in self.evidence],
             "notes": list(self.notes),
         }
@@ -400,6 +408,7 @@ class Fingerprinter:
         embedding_drift: bool | None = None,
         reference: dict[str, np.ndarray] | None = None,
         thresholds: dict[str, float] | None = None,
+        by_rules: bool = False,
     ) -> Diagnosis:
         """Rank the causes for a window of frames (or their precomputed properties).
 
@@ -439,10 +448,15 @@ class Fingerprinter:
             details[cause] = (subkind, used)
             ranked.append((cause, round(max(float(score), 0.0), 4)))
         ranked.sort(key=lambda cs: -cs[1])
+        features = evidence_features(tests, dict(ranked), CAUSES)
         bars = thresholds or {}
         named = [c for c, score in ranked if score >= MIN_SCORE and score > bars.get(c, -np.inf)]
+        probabilities: dict[str, float] = {}
         if named:
-            top, subkind = named[0], details[named[0]][0]
+            top = named[0]
+            if not by_rules:
+                top, probabilities = shipped_model(CAUSES).best(features)
+            subkind = details[top][0]
         else:
             top, subkind = ("content" if embedding_drift else "none"), ""
             if embedding_drift:
@@ -463,7 +477,7 @@ class Fingerprinter:
             if t.significant or t.name in used_by_top
         ]
         evidence.sort(key=lambda ev: (ev.cause != top, ev.q_value))
-        return Diagnosis(causes=ranked, top=top, evidence=evidence, subkind=subkind, notes=notes)
+        return Diagnosis(causes=ranked, top=top, evidence=evidence, subkind=subkind, notes=notes, probabilities=probabilities, features=features)
 
 
 __all__ = ["CAUSES", "VOCABULARY", "Diagnosis", "Evidence", "Fingerprinter", "PROPERTY_NAMES", "GEOMETRY_NAMES"]
