@@ -17,7 +17,7 @@ resolution and implementation, and the rate at which clean windows are called ``
     PYTHONPATH=$PWD .venv/bin/python benchmarks/real_footage.py --set tune --quick --part stills
     PYTHONPATH=$PWD .venv/bin/python benchmarks/real_footage.py --exporter-arg reference_period_s=60
 
-Material and the TUNE/SCORE split: benchmarks/material.py. Results: benchmarks/results/.
+Material and the TUNE/SCORE/HOLDOUT split: benchmarks/material.py. Results: benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ def parse_exporter_args(items: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", choices=sorted(material.SETS), default="score", help="photographs and seeds to use (tune on tune, report score)")
+    parser.add_argument("--set", choices=sorted(material.SETS), default="score", help="photographs and seeds to use (tune on tune; holdout is scored once, untouched)")
     parser.add_argument("--part", choices=("stills", "clips", "all"), default="all")
     parser.add_argument("--quick", action="store_true", help="stills: 16-frame windows, severities 2 and 4, other people's faults only; clips: faults on carphone only, severity 4")
     parser.add_argument("--faults", default="", help="comma-separated substrings of fault names (default: all)")

