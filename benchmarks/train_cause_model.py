@@ -6,7 +6,8 @@ TUNE photographs at the four resolutions, ``--rounds`` times with the photograph
 each meets each fault more than once. Each window is diagnosed with the rules alone (fitting
 never depends on a previous model) and its evidence kept. The L2 penalty is chosen by
 leave-one-photograph-out cross-validation, scored the way the evaluation scores (the top cause
-right, the fault's accepted alternatives included, on windows whose rules name a cause), and the
+right, the fault's accepted alternatives included, on windows whose rules name a cause, chosen
+among the causes they name), and the
 model refitted on everything is written to the package. SCORE and HOLDOUT photographs are never
 touched here: ``benchmarks/real_footage.py --part stills --set holdout`` measures the result.
 
@@ -48,9 +49,9 @@ def gather(rounds: int) -> list[dict[str, Any]]:
     return [r for r in rows if r["severity"] > 0]
 
 
-def right(model: CauseModel, rows: list[dict[str, Any]], among_named: bool = False) -> float:
+def right(model: CauseModel, rows: list[dict[str, Any]], among_named: bool = True) -> float:
     """Share of windows the rules name a cause in whose model-named cause is right (the model
-    choosing among all causes, or only among those the rules name)."""
+    choosing among the causes the rules name, as diagnose does, or among all causes)."""
     named = [r for r in rows if r["by_rules"] != "none"]
     picks = [model.best(np.asarray(r["features"]), among=_named(r) if among_named else None)[0] for r in named]
     return float(np.mean([material.FAULTS[r["fault"]].right(p) for r, p in zip(named, picks)]))
@@ -66,7 +67,7 @@ def _fit(rows: list[dict[str, Any]], l2: float, provenance: dict[str, Any] | Non
     return CauseModel.fit(x, [r["cause"] for r in rows], CAUSES, feature_names(CAUSES), l2=l2, groups=[r["fault"] for r in rows], provenance=provenance)
 
 
-def cross_validate(rows: list[dict[str, Any]], l2: float, among_named: bool = False) -> float:
+def cross_validate(rows: list[dict[str, Any]], l2: float, among_named: bool = True) -> float:
     photos = sorted({r["photo"] for r in rows})
     scores, sizes = [], []
     for held in photos:
@@ -76,6 +77,18 @@ def cross_validate(rows: list[dict[str, Any]], l2: float, among_named: bool = Fa
         scores.append(right(model, test, among_named))
         sizes.append(len(test))
     return float(np.average(scores, weights=sizes))
+
+
+def leave_family_out(rows: list[dict[str, Any]], l2: float) -> dict[str, tuple[float, int, float]]:
+    """Each family of implementations (imagenet-c, albumentations, codec, camera, virk) scored by a
+    model fitted without it: how the naming carries to corruption code it was never fitted on."""
+    out = {}
+    for family in sorted({material.FAULTS[r["fault"]].family for r in rows}):
+        held = [r for r in rows if material.FAULTS[r["fault"]].family == family and r["by_rules"] != "none"]
+        model = _fit([r for r in rows if material.FAULTS[r["fault"]].family != family], l2)
+        rules = float(np.mean([material.FAULTS[r["fault"]].right(r["by_rules"]) for r in held]))
+        out[family] = (right(model, held), len(held), rules)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,8 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     cv = {l2: cross_validate(rows, l2) for l2 in PENALTIES}
     for l2, score in cv.items():
         print(f"  L2 {l2:>5}: leave-one-photograph-out {score:.1%} right")
-    best = max(cv, key=lambda k: (cv[k], k))
-    print(f"  L2 {best}, choosing only among the causes the rules name: {cross_validate(rows, best, among_named=True):.1%} right")
+    # The most regularized penalty within one standard error of the best: the model meets
+    # footage unlike the TUNE photographs, and ties are within the noise of ~2000 windows.
+    named = sum(r["by_rules"] != "none" for r in rows)
+    top = max(cv.values())
+    best = max(l2 for l2, score in cv.items() if score >= top - float(np.sqrt(top * (1 - top) / named)))
+    print(f"  L2 {best}, choosing among all causes, not only those the rules name: {cross_validate(rows, best, among_named=False):.1%} right")
+    unseen = leave_family_out(rows, best)
+    for family, (score, n, rules) in unseen.items():
+        print(f"  L2 {best}, {family} left out of the fit (code it never saw): {score:.1%} right of {n} (largest rule score: {rules:.1%})")
     provenance = {
         "fitted": time.strftime("%Y-%m-%d", time.gmtime()),
         "by": "benchmarks/train_cause_model.py",
@@ -111,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "l2": best,
         "leave_one_photograph_out_right": round(cv[best], 4),
         "largest_rule_score_right": round(by_rules, 4),
+        "leave_one_family_out_right": {f: round(v[0], 4) for f, v in unseen.items()},
         "environment": material.environment(),
     }
     model = _fit(rows, best, provenance)

@@ -5,6 +5,7 @@ import pytest
 
 from virk_exporter.demo import corruptions, photos
 from virk_exporter.fingerprint import CAUSES, Fingerprinter
+from virk_exporter.fingerprint.causes import MIN_SCORE
 from virk_exporter.fingerprint.naming import CauseModel, evidence_features, feature_names, shipped_model
 from virk_exporter.drift.ks import PropertyTest
 
@@ -75,9 +76,20 @@ def test_diagnose_names_by_the_model_only_when_the_rules_name_a_cause(fp: Finger
     assert clean.top == "none" and clean.probabilities == {}
     faulty = corruptions.apply("gaussian_noise", photos.camera_stream("coffee", 16, seed=2), 4, 0)
     d = fp.diagnose(faulty)
-    assert d.top == max(d.probabilities, key=d.probabilities.get)
+    candidates = {c for c, score in d.causes if score >= MIN_SCORE}
+    assert d.top in candidates
+    assert d.top == max(candidates, key=d.probabilities.get)
     assert set(d.probabilities) == set(shipped_model(CAUSES).classes)
     assert d.to_dict()["probabilities"] == d.probabilities
     rules = fp.diagnose(faulty, by_rules=True)
     assert rules.top == rules.causes[0][0] and rules.probabilities == {}
     assert np.array_equal(rules.features, d.features)  # the evidence does not depend on the naming
+
+
+def test_a_cause_below_its_bar_is_never_named(fp: Fingerprinter) -> None:
+    faulty = corruptions.apply("gaussian_noise", photos.camera_stream("coffee", 16, seed=2), 4, 0)
+    free = fp.diagnose(faulty)
+    bars = {c: (np.inf if c == free.top else 0.0) for c in CAUSES}  # the favourite cannot clear its bar
+    barred = fp.diagnose(faulty, thresholds=bars)
+    assert barred.top != free.top
+    assert barred.top in {c for c, score in barred.causes if score >= MIN_SCORE} | {"none"}

@@ -13,9 +13,10 @@ The signatures and gates were tuned on the ``photos.TUNE`` photographs. Two rule
 by frame-to-frame change; camera shift discounted by it) were revised after one evaluation run
 on ``photos.SCORE``; BENCHMARKS.md reports the runs before and after.
 
-The rules decide whether a window names a cause at all (a score at least ``MIN_SCORE``, and
-above the capture detector's bar); *which* cause is named is the naming model's choice
-(``naming.py``), fitted on all the evidence, unless ``by_rules`` asks for the largest score.
+The rules decide whether a window names a cause at all and which are candidates (a score at
+least ``MIN_SCORE``, and above the capture detector's bar); *which* candidate is named is the
+naming model's choice (``naming.py``), weighing all the evidence, unless ``by_rules`` asks for
+the largest score.
 """
 
 from __future__ import annotations
@@ -455,7 +456,9 @@ class Fingerprinter:
         if named:
             top = named[0]
             if not by_rules:
-                top, probabilities = shipped_model(CAUSES).best(features)
+                # Only a cause the rules name (above its bar) may be chosen: on a busy scene the
+                # bars know what moves by itself; the model, fitted on still cameras, does not.
+                top, probabilities = shipped_model(CAUSES).best(features, among=named)
             subkind = details[top][0]
         else:
             top, subkind = ("content" if embedding_drift else "none"), ""

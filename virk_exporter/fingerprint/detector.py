@@ -73,7 +73,7 @@ def _cause_nulls(fingerprinter: Fingerprinter, window: int) -> dict[str, Empiric
             continue
         current = {k: v[start : start + window] for k, v in series.items()}
         rest = {k: finite_values(np.concatenate([v[:lo], v[hi:]])) for k, v in series.items()}
-        diagnosis = fingerprinter.diagnose(properties=current, reference=rest)
+        diagnosis = fingerprinter.diagnose(properties=current, reference=rest, by_rules=True)  # scores only: no naming
         for cause, score in diagnosis.causes:
             scores[cause].append(score)
     if not scores[CAUSES[0]]:
