@@ -67,6 +67,7 @@ def test_diagnosis_is_rendered_as_a_readable_evidence_table():
             "top": "blur",
             "subkind": "defocus",
             "causes": [["blur", 3.8], ["contrast", 1.2], ["noise", 0.0]],
+            "probabilities": {"blur": 0.91, "weather": 0.06, "contrast": 0.02, "noise": 0.01},
             "evidence": [
                 {"property": "sharpness", "reference": 2.28, "current": 1.44, "effect": -9.5, "q_value": 6.3e-9, "cause": "blur", "subkind": "defocus"},
             ],
@@ -79,6 +80,7 @@ def test_diagnosis_is_rendered_as_a_readable_evidence_table():
     assert "<td>sharpness</td><td>2.28</td><td>1.44</td><td>-9.5</td><td>6.3e-09</td>" in page
     assert "blur 3.80, contrast 1.20" in page and "noise" not in page.split("cause scores:")[1].split("</p>")[0]
     assert "differs from the reference" in page and "shift=night" in page
+    assert "naming model: blur 91%, weather 6%, contrast 2%</p>" in page  # the three most likely causes
 
 
 def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:

@@ -168,6 +168,8 @@ def diagnosis_html(diagnosis: dict[str, Any]) -> str:
     for source, found in sorted(diagnosis.items()):
         causes = ", ".join(f"{html.escape(str(c))} {float(s):.2f}" for c, s in found.get("causes", []) if float(s) > 0) or "none"
         subkind = f" ({html.escape(found['subkind'])})" if found.get("subkind") else ""
+        likely = sorted((found.get("probabilities") or {}).items(), key=lambda cp: -float(cp[1]))[:3]
+        named = ("<p>naming model: " + ", ".join(f"{html.escape(str(c))} {float(p):.0%}" for c, p in likely) + "</p>") if likely else ""
         rows = "".join(
             "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in (
                 str(e.get("property", "")), f"{e.get('reference', float('nan')):.4g}", f"{e.get('current', float('nan')):.4g}",
@@ -187,7 +189,7 @@ def diagnosis_html(diagnosis: dict[str, Any]) -> str:
             ) + "</li>"
         parts.append(
             f"<h3>{html.escape(source)}: {html.escape(str(found.get('top', 'unknown')))}{subkind}</h3>"
-            f"<p>cause scores: {causes}</p>{table}" + (f"<ul>{notes}</ul>" if notes else "")
+            f"<p>cause scores: {causes}</p>{named}{table}" + (f"<ul>{notes}</ul>" if notes else "")
         )
     return "".join(parts) or "<p>no diagnosis recorded</p>"
 
