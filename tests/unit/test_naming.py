@@ -64,6 +64,8 @@ def test_features_are_zero_for_insignificant_properties_and_signed_otherwise() -
     assert x["relative:brightness"] == pytest.approx(-40.0 / 160.0, rel=1e-4)
     assert x["effect:contrast"] == x["ks:contrast"] == x["relative:contrast"] == 0.0
     assert x["rule:blur"] == 2.5 and x["rule:noise"] == 0.0
+    odd = PropertyTest("haze", reference=float("nan"), current=3.0, effect=2.0, statistic=0.5, p_value=1e-5, q_value=1e-4, significant=True)
+    assert np.isfinite(evidence_features([odd], {"blur": float("nan")}, CAUSES)).all()
 
 
 @pytest.fixture(scope="module")

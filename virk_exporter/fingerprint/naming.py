@@ -53,7 +53,7 @@ def evidence_features(tests: Sequence[PropertyTest], scores: Mapping[str, float]
             out[k * i + 1] = sign * t.statistic
             out[k * i + 2] = (t.current - t.reference) / (abs(t.current) + abs(t.reference) + 1e-6)
     out[k * len(MEASURED) :] = [scores.get(c, 0.0) for c in causes]
-    return out
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)  # an odd frame's NaN must not pick a cause
 
 
 @dataclass(frozen=True)
