@@ -101,7 +101,7 @@ class Diagnosis:
     subkind: str = ""
     notes: list[str] = field(default_factory=list)
     probabilities: dict[str, float] = field(default_factory=dict)  # the naming model's, when it named the top
-    features: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the naming model's input
+    features: np.ndarray = field(default_factory=lambda: np.zeros(0), compare=False, repr=False)  # the naming model's input
 
     @property
     def scores(self) -> dict[str, float]:
