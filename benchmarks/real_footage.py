@@ -69,6 +69,21 @@ def _levels(fault: material.Fault, plan: StillsPlan) -> tuple[int, ...]:
     return tuple(s for s in plan.severities if s in fault.severities) or fault.severities[:1]
 
 
+def fault_jobs(
+    faults: list[material.Fault], size: tuple[int, int], n_photographs: int, start: int, levels: Callable[[material.Fault], tuple[int, ...]]
+) -> dict[int, list[tuple[material.Fault, int]]]:
+    """Photograph index -> the (fault, severity) pairs it meets at ``size``, dealt in turn from
+    ``start`` so every photograph meets every kind of fault across the resolutions."""
+    jobs: dict[int, list[tuple[material.Fault, int]]] = defaultdict(list)
+    turn = start
+    for fault in faults:
+        if fault.fits(size):
+            for severity in levels(fault):
+                jobs[turn % n_photographs].append((fault, severity))
+                turn += 1
+    return jobs
+
+
 def run_stills(
     photographs: tuple[tuple[str, str], ...],
     faults: list[material.Fault],
@@ -88,14 +103,7 @@ def run_stills(
     diagnose = partial(_diagnose, features=features, by_rules=by_rules)
     for r_index, size in enumerate(resolutions):
         resolution = f"{size[1]}x{size[0]}"
-        jobs: dict[int, list[tuple[material.Fault, int]]] = defaultdict(list)
-        turn = r_index + rotation
-        for fault in faults:
-            if not fault.fits(size):
-                continue
-            for severity in _levels(fault, plan):
-                jobs[turn % len(photographs)].append((fault, severity))
-                turn += 1
+        jobs = fault_jobs(faults, size, len(photographs), r_index + rotation, lambda f: _levels(f, plan))
         for p_index, photo in enumerate(photographs):
             progress(f"{resolution} {photo[1]}")
             base = seed_of(photo, size)
@@ -122,7 +130,7 @@ def _diagnose(
     diagnosis = fingerprinter.diagnose(window, by_rules=by_rules)
     top_score = float(diagnosis.causes[0][1]) if diagnosis.causes else 0.0
     # The same window named by the largest rule score (the naming before the model), for comparison.
-    by_rules = next((c for c, score in diagnosis.causes if score >= MIN_SCORE), "none")
+    rules_top = next((c for c, score in diagnosis.causes if score >= MIN_SCORE), "none")
     return dict(
         meta,
         **({"features": diagnosis.features.tolist()} if features else {}),
@@ -131,8 +139,8 @@ def _diagnose(
         subkind=diagnosis.subkind,
         top_score=top_score,
         right=bool(right(diagnosis.top)),
-        by_rules=by_rules,
-        right_by_rules=bool(right(by_rules)),
+        by_rules=rules_top,
+        right_by_rules=bool(right(rules_top)),
         corrupt_s=round(corrupt_s, 4),
         diagnose_s=round(time.perf_counter() - started, 4),
     )

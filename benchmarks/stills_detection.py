@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import material  # noqa: E402
 from benchmarks.material import seed_of  # noqa: E402
-from benchmarks.real_footage import QUICK_FAULTS, RESULTS, band  # noqa: E402
+from benchmarks.real_footage import QUICK_FAULTS, RESULTS, band, fault_jobs  # noqa: E402
 from virk_exporter.config import default  # noqa: E402
 from virk_exporter.fingerprint import Fingerprinter  # noqa: E402
 from virk_exporter.fingerprint.detector import CaptureDetector  # noqa: E402
@@ -72,13 +72,7 @@ def _windows(fp: Fingerprinter, frames: np.ndarray) -> list[dict[str, np.ndarray
 def run(photographs: tuple[tuple[str, str], ...], faults: list[material.Fault], n_reference: int, progress: Any) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for r_index, size in enumerate(material.RESOLUTIONS):
-        jobs: dict[int, list[tuple[material.Fault, int]]] = defaultdict(list)
-        turn = r_index
-        for fault in faults:
-            if fault.fits(size):
-                for severity in [s for s in SEVERITIES if s in fault.severities] or list(fault.severities[:1]):
-                    jobs[turn % len(photographs)].append((fault, severity))
-                    turn += 1
+        jobs = fault_jobs(faults, size, len(photographs), r_index, lambda f: tuple(s for s in SEVERITIES if s in f.severities) or f.severities[:1])
         for p_index, photo in enumerate(photographs):
             progress(f"{size[1]}x{size[0]} {photo[1]}")
             base = seed_of("detection", photo, size)

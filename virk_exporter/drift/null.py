@@ -16,7 +16,7 @@ of the upper half over the median (peaks-over-threshold with shape 0), so a smal
 still express p-values below ``1 / (1 + K)``. A statistic that is exactly ``floor`` whenever its
 gate is closed (a cause score of 0) is a point mass plus a continuous part: the tail's scale is
 then fitted to the continuous part alone, since the zeros say how often the gate opens, not how
-far it goes when it does (BENCHMARKS.md, "zero-inflated nulls"). An earlier tail started at the median and was
+far it goes when it does (BENCHMARKS.md, "gated cause scores"). An earlier tail started at the median and was
 stretched until it reached the largest value's p-value: with the 4-8 independent blocks of a
 short reference that multiplied the largest normal score by 5-7 and hid strong faults
 (BENCHMARKS.md, "capture bars").
