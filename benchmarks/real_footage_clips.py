@@ -27,6 +27,7 @@ import numpy as np
 
 from benchmarks import material
 from benchmarks.material import seed_of
+from virk_exporter.fingerprint import CAUSES
 
 # One or two faults per cause, all but two written by other people; severities 2 and 4.
 CLIP_FAULTS: tuple[str, ...] = (
@@ -58,6 +59,7 @@ CLIP_CORE: tuple[str, ...] = (
     "camera/frozen",
 )
 REENCODE = "clip/real_reencode"  # carphone_distorted.mp4 from the onset: a real lossy re-encode
+SCENE_CUT = "clip/scene_cut"  # the clip's second shot from the onset: content, never a capture cause
 QUEUE_SHARE = 0.25  # flush before the unflushed frames exceed this share of queue_bytes
 CALL_SHARE = 0.125  # one call's frames stay below this share (the transport refuses > 1/4)
 
@@ -103,13 +105,18 @@ class Run:
     length: int  # frames after the reference period
     tests: list[dict[str, Any]] = field(default_factory=list)
     frames: Callable[[int, int], np.ndarray] | None = None  # (start, stop) after the reference period
+    kind: str = "fault"  # "clean", "fault" or "scene" (a cut to another scene at the onset)
 
 
 def _runs(clip: str, stream: material.ClipStream, faults: list[material.Fault], plan: ClipPlan, set_name: str, explicit: bool) -> list[Run]:
     size = stream.rest.shape[1:3]
     severities, faults = plan.for_size(size, faults, explicit)
-    runs = [Run(clip, "clean", None, 0, None, plan.clean_frames)]
+    runs = [Run(clip, "clean", None, 0, None, plan.clean_frames, kind="clean")]
     runs[0].frames = _player(stream.rest, stream.rest, stream, 0)
+    if stream.next_scene is not None:
+        cut = Run(clip, SCENE_CUT, None, 0, plan.onset, plan.onset + plan.faulty, kind="scene")
+        cut.frames = _cut_player(stream, stream.next_scene, plan.onset)
+        runs.append(cut)
     if clip not in plan.fault_clips:
         return runs
     for fault in faults:
@@ -134,6 +141,17 @@ def _player(clean: np.ndarray, after: np.ndarray, stream: material.ClipStream, o
         index = stream.playback(stop - start, start)
         positions = np.arange(start, stop)
         return np.where((positions >= onset)[:, None, None, None], after[index], clean[index])
+
+    return frames
+
+
+def _cut_player(stream: material.ClipStream, scene: np.ndarray, onset: int) -> Callable[[int, int], np.ndarray]:
+    """The clip's playback before ``onset``, then ``scene`` played from its start (ping-pong)."""
+
+    def frames(start: int, stop: int) -> np.ndarray:
+        before = stream.rest[stream.playback(stop - start, start)]
+        after = scene[material.ping_pong(len(scene), stop - start, start - onset)]
+        return np.where((np.arange(start, stop) >= onset)[:, None, None, None], after, before)
 
     return frames
 
@@ -310,7 +328,7 @@ def _pace(plan: ClipPlan, started: float, frames: int) -> None:
 def score_run(run: Run) -> dict[str, Any]:
     """What a user would conclude from the metrics of one source."""
     out: dict[str, Any] = {"clip": run.clip, "source": run.source, "severity": run.severity, "tests": len(run.tests)}
-    if run.onset is None:
+    if run.onset is None:  # clean
         flagged = [bool(t["drift"]) or bool(t.get("capture_drift")) for t in run.tests if t["drift"] is not None]
         out.update(
             kind="clean",
@@ -320,6 +338,19 @@ def score_run(run: Run) -> dict[str, Any]:
             flag_rate=float(np.mean(flagged)) if flagged else float("nan"),
             ever_detected=any(t["detected"] for t in run.tests),
             fingerprints=sorted({t["fingerprint"] for t in run.tests if t["fingerprint"]}),
+        )
+        return out
+    if run.kind == "scene":
+        after = [t for t in run.tests if t["position"] > run.onset]
+        labels = [t["fingerprint"] for t in after if t["detected"]]
+        out.update(
+            kind="scene",
+            tests_after_onset=len(after),
+            detected_before_onset=any(t["detected"] for t in run.tests if t["position"] <= run.onset),
+            alarms_after_onset=len(labels),
+            fingerprints=sorted(set(labels)),
+            capture_cause_named=any(label in CAUSES for label in labels),  # the failure: a new scene paged as a capture fault
+            capture_flagged=sum(bool(t.get("capture_drift")) for t in after),
         )
         return out
     cause = run.fault.cause if run.fault else "compression"
@@ -375,6 +406,7 @@ def run_clips(
 def summarize_clips(runs: list[dict[str, Any]]) -> dict[str, Any]:
     clean = [r for r in runs if r["kind"] == "clean"]
     faults = [r for r in runs if r["kind"] == "fault"]
+    cuts = [r for r in runs if r["kind"] == "scene"]
     tests = sum(r["tests"] for r in clean)
     flagged = sum(r["flagged"] for r in clean)
 
@@ -396,6 +428,9 @@ def summarize_clips(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "missed_but_diagnosis_named_it": sum(1 for r in faults if not r["detected"] and r["diagnosis_named_it"]),
         "missed": sum(1 for r in faults if not r["detected"]),
         "median_tests_to_detect": float(np.median([r["tests_to_detect"] for r in detected])) if detected else float("nan"),
+        "scene_cuts": len(cuts),
+        "scene_cuts_named_a_capture_cause": sum(r["capture_cause_named"] for r in cuts),
+        "scene_cut_labels": {r["clip"]: r["fingerprints"] for r in cuts},
     }
 
 
@@ -432,6 +467,16 @@ def print_clips(result: dict[str, Any], title: str) -> None:
                 "yes" if r["diagnosis_named_it"] else "no",
             )
     console.print(table)
+    table = Table(title=f"clips ({title}): a cut to another scene at the onset (content: never a capture cause)")
+    for c in ("clip", "tests after the cut", "alarms", "capture test flagged", "fingerprints", "capture cause named"):
+        table.add_column(c)
+    for r in runs:
+        if r["kind"] == "scene":
+            table.add_row(
+                r["clip"], str(r["tests_after_onset"]), str(r["alarms_after_onset"]), str(r["capture_flagged"]),
+                ", ".join(r["fingerprints"]) or "-", "YES" if r["capture_cause_named"] else "no",
+            )
+    console.print(table)
     s = result["summary"]
 
     def pct(v: tuple[float, int]) -> str:
@@ -444,7 +489,8 @@ def print_clips(result: dict[str, Any], title: str) -> None:
         f"within two tests: 1-2 {pct(s['within_two_tests']['1-2'])}, 3-5 {pct(s['within_two_tests']['3-5'])}; "
         f"cause right when detected: 1-2 {pct(s['cause_right_when_detected']['1-2'])}, 3-5 {pct(s['cause_right_when_detected']['3-5'])}; "
         f"missed {s['missed']}, of which the diagnosis named the cause in {s['missed_but_diagnosis_named_it']}; "
-        f"already in alarm before the onset: {s['alarm_before_onset']} of {s['faults']}"
+        f"already in alarm before the onset: {s['alarm_before_onset']} of {s['faults']}; "
+        f"scene cuts named a capture cause: {s['scene_cuts_named_a_capture_cause']} of {s['scene_cuts']}"
     )
 
 

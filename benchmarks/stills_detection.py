@@ -12,7 +12,10 @@ schedules them (every ``test_every`` samples on the latest ``window``, hysteresi
 * detected: two consecutive tests among the first five after the onset flag;
 * named right: the cause of the first fully faulty test that flagged (accepted alternatives
   count);
-* clean: the single-test false-alarm rate on fresh clean samples of the same camera.
+* clean: the single-test false-alarm rate on fresh clean samples of the same camera;
+* content: from the onset the camera shows the set's next photograph (a scene cut, a re-aimed
+  camera): a capture alarm there (two consecutive flagged tests among the first five) names a
+  capture cause for content, the failure counted.
 
 Only the capture test runs (the embedding test needs the exporter's embedder; it can only add
 alarms). The vibration is independent from frame to frame, an easier null than real footage:
@@ -84,6 +87,12 @@ def run(photographs: tuple[tuple[str, str], ...], faults: list[material.Fault], 
                 rows.append(dict(common, fault="clean", severity=0, band="clean", flagged=detector.test(w).drift))
             before = clean[-EVERY:]
             fresh = material.camera_frames(photo, WINDOW + EVERY * 3, size, base + 20_000)
+            other = photographs[(p_index + 1) % len(photographs)]
+            cut = material.camera_frames(other, WINDOW + EVERY * 3, size, base + 30_000)
+            tests = [detector.test(w) for w in _windows(fp, np.concatenate([before, cut]))]
+            _, paged = verdict([t.drift for t in tests[:5]])
+            named = sorted({t.diagnosis.top for t in tests if t.drift})
+            rows.append(dict(common, fault="content", severity=0, band="content", paged=paged, named=named, flagged=sum(t.drift for t in tests)))
             distinct = None if size[0] * size[1] <= 224 * 168 else 4
             for fault, severity in jobs[p_index]:
                 faulty = fault(fresh, severity, seed_of(fault.name, severity, photo, size), distinct=distinct)
@@ -108,13 +117,14 @@ def run(photographs: tuple[tuple[str, str], ...], faults: list[material.Fault], 
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    faulty = [r for r in rows if r["severity"] > 0]
-    clean = [r for r in rows if r["severity"] == 0]
+    faulty = [r for r in rows if r["band"] in ("1-2", "3-5")]
+    clean = [r for r in rows if r["band"] == "clean"]
+    content = [r for r in rows if r["band"] == "content"]
 
     def share(items: list[dict[str, Any]], key: str) -> tuple[float, int]:
         return (float(np.mean([r[key] for r in items])) if items else float("nan")), len(items)
 
-    out: dict[str, Any] = {"clean_flagged": share(clean, "flagged"), "bands": {}, "by_resolution": {}, "by_family": {}, "missed": defaultdict(int)}
+    out: dict[str, Any] = {"clean_flagged": share(clean, "flagged"), "content_paged": share(content, "paged"), "bands": {}, "by_resolution": {}, "by_family": {}, "missed": defaultdict(int)}
     for b in ("1-2", "3-5"):
         rs = [r for r in faulty if r["band"] == b]
         out["bands"][b] = {k: share(rs, k) for k in ("detected", "within_two")} | {"right": share([r for r in rs if r["detected"]], "right")}
@@ -126,6 +136,11 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if not r["detected"]:
             out["missed"][f"{r['fault']}@{r['severity']}"] += 1
     out["missed"] = dict(sorted(out["missed"].items(), key=lambda kv: -kv[1]))
+    named: dict[str, int] = defaultdict(int)
+    for r in content:
+        for cause in r["named"]:
+            named[cause] += 1
+    out["content_named"] = dict(sorted(named.items()))
     return out
 
 
@@ -146,6 +161,7 @@ def report(summary: dict[str, Any], title: str) -> None:
             table.add_row(group, _pct(v["detected"]), _pct(v["within_two"]), _pct(v["right"]))
         console.print(table)
     console.print(f"clean single tests flagged: {_pct(summary['clean_flagged'])}")
+    console.print(f"another scene from the onset paged as a capture fault: {_pct(summary['content_paged'])}; causes flagged there: {summary['content_named'] or '-'}")
     console.print("missed (fault@severity: windows): " + ", ".join(f"{k} {v}" for k, v in summary["missed"].items()))
 
 

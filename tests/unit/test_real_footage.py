@@ -54,6 +54,19 @@ def test_fault_run_counts_tests_from_the_onset_and_judges_the_settled_cause():
     assert summary["missed_but_diagnosis_named_it"] == 1
 
 
+def test_a_scene_cut_fails_only_when_an_alarm_after_the_cut_names_a_capture_cause():
+    def cut(*tests):
+        return score_run(Run("city", "clip/scene_cut", None, 0, 64, 192, tests=list(tests), kind="scene"))
+
+    content = cut(_test(64, True, True, "compression"), _test(96, True, True, "content"), _test(128, True, True, "content"))
+    assert content["kind"] == "scene" and content["detected_before_onset"]  # an alarm before the cut is not the cut's
+    assert not content["capture_cause_named"] and content["fingerprints"] == ["content"] and content["alarms_after_onset"] == 2
+    paged = cut(_test(96, True, True, "content"), _test(128, True, True, "camera_shift"))
+    assert paged["capture_cause_named"]
+    summary = summarize_clips([content, paged])
+    assert (summary["scene_cuts"], summary["scene_cuts_named_a_capture_cause"], summary["faults"]) == (2, 1, 0)
+
+
 def test_still_camera_verdict_needs_consecutive_flags_and_counts_from_the_half_faulty_test():
     assert verdict([True, True, False, False, False]) == (True, True)  # on at the second test
     assert verdict([False, True, True, False, False]) == (False, True)  # on at the third

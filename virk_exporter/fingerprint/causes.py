@@ -70,6 +70,9 @@ MIN_SATURATION_LEVELS = 8.0  # rise of mean HSV saturation (0..255) for an over-
 GLARE_ASYMMETRY = 2.0  # a glare region brightens at least this many times more than any darkens
 STEADY_SPREAD = 0.5  # interquartile range of a geometric property, relative to its median, for a fault that stays put
 VIEW_MATCH = 0.78  # share of the reference's phase-correlation match a displaced or partly covered view keeps
+SCENE_MATCH = 0.3  # share of the reference's match left when the camera sees another scene (measured: 15-22 %)
+SCENE_LAYOUT = 0.7  # share of the reference's layout correlation left then (another photograph: <= 0.62)
+SCENE_SHARE = 0.25  # share of a window's frames that show another scene for the window to be content
 LARGE_SHIFT = 0.04  # share of the width: a move this large is the camera's, whatever the match
 LARGE_ROTATION = 2.5  # degrees (the quadrant fit reads a 4 deg turn as 2-4): a turn costs the match by itself
 CAST_UNIT = 0.01  # colour-shift strength: log1p(change / CAST_UNIT)
@@ -173,6 +176,25 @@ def _same_view(e: _Effects) -> bool:
     evidence only on the same view; otherwise the frames differ as content does."""
     t = e.tests.get("match")
     return t is None or not t.reference > 0 or t.current >= VIEW_MATCH * t.reference
+
+
+def _new_scene(e: _Effects, cur: dict[str, np.ndarray]) -> bool:
+    """The camera sees another scene: in at least ``SCENE_SHARE`` of the window's frames neither
+    the fine structure (the phase-correlation match) nor the coarse layout (the 8x6 cells'
+    means) of the reference is left. Capture faults keep one of them: on the TUNE photographs
+    every fault kept >= 24 % of the match or a layout >= 0.84 (ImageNet-C fog drowns the layout
+    but keeps the match), except albumentations' heaviest snow on one photograph; a different
+    photograph kept 15-22 % and <= 0.62. A share, not the median, so that the window a cut falls
+    in (half old scene, half new) is not read as a huge camera move. A new scene is content (a
+    scene cut, a re-aimed camera, a vehicle filling the view), never a capture cause."""
+    match, layout = e.tests.get("match"), e.tests.get("layout")
+    if match is None or layout is None or not (match.reference > 0 and layout.reference > 0):
+        return False
+    m, g = np.asarray(cur.get("match", ()), np.float64), np.asarray(cur.get("layout", ()), np.float64)
+    if m.size == 0 or m.shape != g.shape:
+        return False
+    lost = (m < SCENE_MATCH * match.reference) & (g < SCENE_LAYOUT * layout.reference)  # NaN compares False: kept
+    return bool(lost.mean() >= SCENE_SHARE)
 
 
 def _camera_shift(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
@@ -443,9 +465,14 @@ class Fingerprinter:
             alpha=self.alpha,
         )
         effects = _Effects(tests, width=float(self.reference_view.frame_size[1]))
+        new_scene = _new_scene(effects, current)
+        if new_scene:
+            notes.append("the view shows another scene than the reference (no match, no layout left): content, not a capture fault")
         ranked, details = [], {}
         for cause, rule in RULES.items():
             score, subkind, used = rule(effects, current)
+            if new_scene and cause != "frozen":  # repeated frames are a fault whatever they show
+                score, subkind, used = 0.0, "", ()
             details[cause] = (subkind, used)
             ranked.append((cause, round(max(float(score), 0.0), 4)))
         ranked.sort(key=lambda cs: -cs[1])

@@ -34,6 +34,7 @@ GEOMETRY_NAMES: tuple[str, ...] = (
     "local_bright",  # largest cell brightening left after a global gain/offset fit (gray levels)
     "local_dark",  # largest cell darkening left after that fit
     "local_flat",  # largest cell loss of texture, log std, relative to the median cell's change
+    "layout",  # correlation of the cells' means with the reference's (1 = the same scene's layout)
 )
 
 
@@ -144,6 +145,7 @@ def compute_geometry(smalls: np.ndarray, reference: ReferenceView) -> dict[str, 
         aligned[i] = cv2.warpAffine(smalls[i], m, SMALL, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     means, stds = _cells(aligned)
     residual = _robust_affine_residual(reference.cell_mean.ravel(), means.reshape(n, -1))
+    layout = _correlation(reference.cell_mean.ravel(), means.reshape(n, -1))
     log_std = np.log((stds.reshape(n, -1) + 2.0) / (reference.cell_std.ravel() + 2.0))
     log_std -= np.median(log_std, axis=1, keepdims=True)
     return {
@@ -154,7 +156,16 @@ def compute_geometry(smalls: np.ndarray, reference: ReferenceView) -> dict[str, 
         "local_bright": residual.max(axis=1),
         "local_dark": (-residual).max(axis=1),
         "local_flat": (-log_std).max(axis=1),
+        "layout": layout,
     }
+
+
+def _correlation(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row of ``cur`` (N, M) with ``ref`` (M,); 0 for a flat row."""
+    r = ref - ref.mean()
+    c = cur - cur.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((c**2).sum(axis=1) * (r**2).sum()) + 1e-9
+    return (c @ r) / denominator
 
 
 def _robust_affine_residual(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:

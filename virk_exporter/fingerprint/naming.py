@@ -28,7 +28,8 @@ from virk_exporter.drift.ks import PropertyTest
 from virk_exporter.fingerprint.geometry import GEOMETRY_NAMES
 from virk_exporter.fingerprint.properties import PROPERTY_NAMES
 
-MEASURED: tuple[str, ...] = PROPERTY_NAMES + GEOMETRY_NAMES
+# "layout" is the scene gate of causes.py (is this still the reference's scene?), not evidence of which cause.
+MEASURED: tuple[str, ...] = PROPERTY_NAMES + tuple(n for n in GEOMETRY_NAMES if n != "layout")
 MODEL_FILE = "cause_model.json"
 KINDS = ("effect", "ks", "relative")
 

@@ -28,8 +28,8 @@ CALLER_STAGES = ("input", "caller", "handoff", "worker", "http", "tracing", "tag
 WORKER_STAGES = ("normalize", "record", "properties", "embed", "drift", "fingerprint", "reference", "control", "slices", "store", "reference_store")
 BUNDLE_OUTCOMES = ("uploaded", "spooled", "failed", "duplicate", "resolved", "coalesced")
 
-# The image properties exported per source by default (``property_metrics="core"``). All 26
-# properties with their reference bands would be ~100 series per source; these eight cover the
+# The image properties exported per source by default (``property_metrics="core"``). All 27
+# properties with their reference bands would be ~110 series per source; these eight cover the
 # usual capture faults (exposure, contrast, focus, sensor noise, colour, haze, a moved camera, a
 # frozen stream). The diagnosis always uses every property, whatever is exported.
 CORE_PROPERTIES = ("brightness", "contrast", "sharpness", "noise", "saturation", "haze", "shift_px", "frame_diff")
