@@ -332,11 +332,13 @@ def camera_frames(photo: tuple[str, str], n: int, size: tuple[int, int], seed: i
 # ---------------------------------------------------------------------------- shims
 
 
-def _install_pkg_resources_shim() -> None:
+def _install_pkg_resources_shim() -> bool:
     # imagecorruptions does ``from pkg_resources import resource_filename``; setuptools >= 81
     # no longer ships pkg_resources. Its only use is locating the bundled frost pictures.
+    # Returns whether the shim went in (it must come out after the import: code that finds a
+    # ``pkg_resources`` in sys.modules later expects the whole of it).
     if importlib.util.find_spec("pkg_resources") is not None:
-        return
+        return False
     shim = types.ModuleType("pkg_resources")
 
     def resource_filename(module: str, resource: str) -> str:
@@ -347,6 +349,7 @@ def _install_pkg_resources_shim() -> None:
 
     shim.resource_filename = resource_filename  # type: ignore[attr-defined]
     sys.modules["pkg_resources"] = shim
+    return True
 
 
 @lru_cache(maxsize=1)
@@ -354,13 +357,17 @@ def imagecorruptions() -> types.ModuleType:
     """The ``imagecorruptions`` package, importable and runnable on NumPy 2 / scikit-image >= 0.19."""
     if not hasattr(np, "float_"):
         np.float_ = np.float64  # type: ignore[attr-defined]  # removed in NumPy 2; used at import
-    _install_pkg_resources_shim()
+    shimmed = _install_pkg_resources_shim()
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scipy.ndimage.interpolation is a deprecated alias
-        import imagecorruptions as package
-        from imagecorruptions import corruptions as module
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy.ndimage.interpolation is a deprecated alias
+            import imagecorruptions as package
+            from imagecorruptions import corruptions as module
+    finally:
+        if shimmed:  # imagecorruptions holds its resource_filename; nothing else may find the shim
+            sys.modules.pop("pkg_resources", None)
 
     original = module.gaussian
 

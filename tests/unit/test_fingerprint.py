@@ -106,6 +106,16 @@ def test_the_window_a_cut_falls_in_is_content_not_a_camera_move(fp, window):
     assert d.top == "content", d.causes[:3]
 
 
+def test_a_source_of_two_scenes_has_no_scene_to_lose():
+    # 30 % of the reference is another scene: those samples look "lost" against the reference's
+    # medians, so a window of the minority scene is not a new scene, and its blur is named.
+    a, b = photos.camera_stream("astronaut", 64, seed=0), photos.camera_stream("coffee", 64, seed=1)
+    fp = Fingerprinter(np.where((np.random.default_rng(0).random(64) < 0.3)[:, None, None, None], b, a))
+    both = np.where((np.random.default_rng(1).random(N) < 0.5)[:, None, None, None], photos.camera_stream("coffee", N, seed=2), photos.camera_stream("astronaut", N, seed=3))
+    d = fp.diagnose(corruptions.apply("defocus_blur", both, 4, seed=1))
+    assert not any("another scene" in note for note in d.notes) and d.top not in ("none", "content"), d.causes[:3]
+
+
 def test_a_fault_that_drowns_the_fine_structure_keeps_the_scene(fp, window):
     # Heavy noise and fog cost most of the phase-correlation match, not the coarse layout.
     for name in ("gaussian_noise", "fog", "defocus_blur"):

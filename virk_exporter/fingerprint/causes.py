@@ -73,6 +73,7 @@ VIEW_MATCH = 0.78  # share of the reference's phase-correlation match a displace
 SCENE_MATCH = 0.3  # share of the reference's match left when the camera sees another scene (measured: 15-22 %)
 SCENE_LAYOUT = 0.7  # share of the reference's layout correlation left then (another photograph: <= 0.62)
 SCENE_SHARE = 0.25  # share of a window's frames that show another scene for the window to be content
+SCENE_REFERENCE_SHARE = 0.05  # at most this share of the reference's own samples may look lost: one scene
 LARGE_SHIFT = 0.04  # share of the width: a move this large is the camera's, whatever the match
 LARGE_ROTATION = 2.5  # degrees (the quadrant fit reads a 4 deg turn as 2-4): a turn costs the match by itself
 CAST_UNIT = 0.01  # colour-shift strength: log1p(change / CAST_UNIT)
@@ -178,23 +179,32 @@ def _same_view(e: _Effects) -> bool:
     return t is None or not t.reference > 0 or t.current >= VIEW_MATCH * t.reference
 
 
-def _new_scene(e: _Effects, cur: dict[str, np.ndarray]) -> bool:
-    """The camera sees another scene: in at least ``SCENE_SHARE`` of the window's frames neither
-    the fine structure (the phase-correlation match) nor the coarse layout (the 8x6 cells'
-    means) of the reference is left. Capture faults keep one of them: on the TUNE photographs
-    every fault kept >= 24 % of the match or a layout >= 0.84 (ImageNet-C fog drowns the layout
-    but keeps the match), except albumentations' heaviest snow on one photograph; a different
-    photograph kept 15-22 % and <= 0.62. A share, not the median, so that the window a cut falls
-    in (half old scene, half new) is not read as a huge camera move. A new scene is content (a
-    scene cut, a re-aimed camera, a vehicle filling the view), never a capture cause."""
-    match, layout = e.tests.get("match"), e.tests.get("layout")
-    if match is None or layout is None or not (match.reference > 0 and layout.reference > 0):
+def _scene_lost(match: np.ndarray, layout: np.ndarray, e: _Effects) -> np.ndarray | None:
+    """Per frame: neither the reference's fine structure (phase-correlation match) nor its coarse
+    layout (the 8x6 cells' means) is left, relative to the reference's medians. None when the
+    reference has no geometry (an old saved reference) or the arrays do not pair up."""
+    m, g = e.tests.get("match"), e.tests.get("layout")
+    match, layout = np.asarray(match, np.float64), np.asarray(layout, np.float64)
+    if m is None or g is None or not (m.reference > 0 and g.reference > 0) or match.size == 0 or match.shape != layout.shape:
+        return None
+    return (match < SCENE_MATCH * m.reference) & (layout < SCENE_LAYOUT * g.reference)  # NaN compares False: kept
+
+
+def _new_scene(e: _Effects, cur: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> bool:
+    """The camera sees another scene: at least ``SCENE_SHARE`` of the window's frames lost the
+    reference's match and layout (``_scene_lost``), on a source whose reference is one scene
+    (at most ``SCENE_REFERENCE_SHARE`` of its own samples look lost against it: a model fed
+    photographs of everything has no scene to lose). Capture faults keep one of the two: on the
+    TUNE photographs every fault kept >= 24 % of the match or a layout >= 0.84 (ImageNet-C fog
+    drowns the layout but keeps the match), except albumentations' heaviest snow on one
+    photograph; a different photograph kept 15-22 % and <= 0.62. A share, not the median, so that
+    the window a cut falls in (half old scene) is not read as a huge camera move. A new scene is
+    content (a cut, a re-aimed camera, a vehicle filling the view), never a capture cause."""
+    window = _scene_lost(cur.get("match", ()), cur.get("layout", ()), e)
+    reference = _scene_lost(ref.get("match", ()), ref.get("layout", ()), e)
+    if window is None or reference is None:
         return False
-    m, g = np.asarray(cur.get("match", ()), np.float64), np.asarray(cur.get("layout", ()), np.float64)
-    if m.size == 0 or m.shape != g.shape:
-        return False
-    lost = (m < SCENE_MATCH * match.reference) & (g < SCENE_LAYOUT * layout.reference)  # NaN compares False: kept
-    return bool(lost.mean() >= SCENE_SHARE)
+    return bool(reference.mean() <= SCENE_REFERENCE_SHARE and window.mean() >= SCENE_SHARE)
 
 
 def _camera_shift(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
@@ -465,7 +475,7 @@ class Fingerprinter:
             alpha=self.alpha,
         )
         effects = _Effects(tests, width=float(self.reference_view.frame_size[1]))
-        new_scene = _new_scene(effects, current)
+        new_scene = _new_scene(effects, current, reference)
         if new_scene:
             notes.append("the view shows another scene than the reference (no match, no layout left): content, not a capture fault")
         ranked, details = [], {}
