@@ -105,16 +105,16 @@ class Run:
     length: int  # frames after the reference period
     tests: list[dict[str, Any]] = field(default_factory=list)
     frames: Callable[[int, int], np.ndarray] | None = None  # (start, stop) after the reference period
-    kind: str = "fault"  # "clean", "fault" or "scene" (a cut to another scene at the onset)
+    cut: bool = False  # from the onset another scene (content), not a fault
 
 
 def _runs(clip: str, stream: material.ClipStream, faults: list[material.Fault], plan: ClipPlan, set_name: str, explicit: bool) -> list[Run]:
     size = stream.rest.shape[1:3]
     severities, faults = plan.for_size(size, faults, explicit)
-    runs = [Run(clip, "clean", None, 0, None, plan.clean_frames, kind="clean")]
+    runs = [Run(clip, "clean", None, 0, None, plan.clean_frames)]
     runs[0].frames = _player(stream.rest, stream.rest, stream, 0)
     if stream.next_scene is not None:
-        cut = Run(clip, SCENE_CUT, None, 0, plan.onset, plan.onset + plan.faulty, kind="scene")
+        cut = Run(clip, SCENE_CUT, None, 0, plan.onset, plan.onset + plan.faulty, cut=True)
         cut.frames = _cut_player(stream, stream.next_scene, plan.onset)
         runs.append(cut)
     if clip not in plan.fault_clips:
@@ -340,7 +340,7 @@ def score_run(run: Run) -> dict[str, Any]:
             fingerprints=sorted({t["fingerprint"] for t in run.tests if t["fingerprint"]}),
         )
         return out
-    if run.kind == "scene":
+    if run.cut:
         after = [t for t in run.tests if t["position"] > run.onset]
         labels = [t["fingerprint"] for t in after if t["detected"]]
         out.update(

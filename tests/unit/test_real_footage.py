@@ -56,7 +56,7 @@ def test_fault_run_counts_tests_from_the_onset_and_judges_the_settled_cause():
 
 def test_a_scene_cut_fails_only_when_an_alarm_after_the_cut_names_a_capture_cause():
     def cut(*tests):
-        return score_run(Run("city", "clip/scene_cut", None, 0, 64, 192, tests=list(tests), kind="scene"))
+        return score_run(Run("city", "clip/scene_cut", None, 0, 64, 192, tests=list(tests), cut=True))
 
     content = cut(_test(64, True, True, "compression"), _test(96, True, True, "content"), _test(128, True, True, "content"))
     assert content["kind"] == "scene" and content["detected_before_onset"]  # an alarm before the cut is not the cut's

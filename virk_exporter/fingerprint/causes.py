@@ -480,9 +480,8 @@ class Fingerprinter:
             notes.append("the view shows another scene than the reference (no match, no layout left): content, not a capture fault")
         ranked, details = [], {}
         for cause, rule in RULES.items():
-            score, subkind, used = rule(effects, current)
-            if new_scene and cause != "frozen":  # repeated frames are a fault whatever they show
-                score, subkind, used = 0.0, "", ()
+            # On another scene only repeated frames are a fault: they are one whatever they show.
+            score, subkind, used = (0.0, "", ()) if new_scene and cause != "frozen" else rule(effects, current)
             details[cause] = (subkind, used)
             ranked.append((cause, round(max(float(score), 0.0), 4)))
         ranked.sort(key=lambda cs: -cs[1])
