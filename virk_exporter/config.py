@@ -58,7 +58,7 @@ class ExporterConfig:
     webhook_max_bytes: int = 1 * 2**20
     peers: dict[str, str] = field(default_factory=dict)  # instance -> base URL, forwarding allow-list
     link_expiry_s: int = 3600
-    bundle_frames: int = 128  # frames put into a bundle (newest, around the alert)
+    bundle_frames: int = 128  # newest frames put into a bundle (plus the last test window's samples)
     webhook_max_alerts: int = 1000  # alerts in one notification (Alertmanager's max_alerts caps it)
     incident_queue: int = 64  # alerts accepted but not yet built; beyond it the webhook answers 503
     # Standalone HTTP server (waitress): serve() only; a mounted app gets its host server's limits

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import stat
@@ -14,6 +15,7 @@ from incident_helpers import MODEL, alert, context
 
 from virk_exporter.commands.bundle import bundle as bundle_cli
 from virk_exporter.incidents.bundle import BundleError, build_bundle, bundle_key, read_bundle, with_resolution, write_zip
+from virk_exporter.incidents.replay import replay
 from virk_exporter.incidents.store import LocalStore
 
 
@@ -188,3 +190,21 @@ def test_cli_fetch_from_local_store(built, tmp_path):
     assert result.exit_code != 0 and "invalid alert fingerprint" in result.output
     result = CliRunner().invoke(bundle_cli, ["fetch", "0000000000000000", "--store", str(tmp_path / "store")])
     assert result.exit_code != 0 and "no bundle" in result.output
+
+
+def test_replay_judges_the_tested_frames_not_the_newest(ctx):
+    # the camera recovered after the last test: the newest frames are bright again
+    later = [dataclasses.replace(f, frame_id=f.frame_id + 100, timestamp=f.timestamp + 100) for f in ctx.frames[:8]]
+    tested = [f.frame_id for f in ctx.frames[8:]]
+    diagnosis = {"cam1": {**ctx.diagnosis["cam1"], "frame_ids": tested}}
+    recovered = dataclasses.replace(ctx, frames=ctx.frames + later, diagnosis=diagnosis)
+    result = replay(read_bundle(build_bundle(alert(), MODEL, recovered)[0]))
+    cause = next(c for c in result.comparisons if c.what == "cause")
+    assert cause.recorded == cause.replayed == ctx.diagnosis["cam1"]["top"] != "none", result
+
+    # a bundle that does not name them (or lost some): the newest window, and a note when lost
+    unnamed = replay(read_bundle(build_bundle(alert(), MODEL, dataclasses.replace(recovered, diagnosis=ctx.diagnosis))[0]))
+    assert next(c for c in unnamed.comparisons if c.what == "cause").replayed != cause.recorded, unnamed
+    lost = {"cam1": {**ctx.diagnosis["cam1"], "frame_ids": [*tested, 999]}}
+    result = replay(read_bundle(build_bundle(alert(), MODEL, dataclasses.replace(recovered, diagnosis=lost))[0]))
+    assert any("not all in the bundle" in note for note in result.notes), result.notes

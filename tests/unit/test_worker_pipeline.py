@@ -34,11 +34,11 @@ def make(tmp_path, **overrides) -> tuple[Monitor, CollectorRegistry]:
     return Monitor(config, WorkerMetrics(registry), None), registry
 
 
-def feed(monitor: Monitor, frames: np.ndarray, source: str = "cam", start: float = 1_000_000.0, first_id: int = 0, function: str | None = None) -> list:
-    """Batches of 8 through the pipeline; the span records it returns (tracing on)."""
+def feed(monitor: Monitor, frames: np.ndarray, source: str = "cam", start: float = 1_000_000.0, first_id: int = 0, function: str | None = None, batch_size: int = 8) -> list:
+    """Batches through the pipeline, frame i stamped start + i s; the span records it returns (tracing on)."""
     records = []
-    for i in range(0, len(frames), 8):
-        batch = frames[i : i + 8]
+    for i in range(0, len(frames), batch_size):
+        batch = frames[i : i + batch_size]
         info = BatchInfo(
             frame_ids=list(range(first_id + i, first_id + i + len(batch))),
             sources=[source] * len(batch),
@@ -109,6 +109,27 @@ def test_learning_then_noise_is_detected_diagnosed_exported_and_bundled(tmp_path
     replayed = replay(bundle)
     drift = [c for c in replayed.comparisons if c.what == "drift"]
     assert drift and drift[0].recorded is True and drift[0].match, replayed
+
+
+def test_a_bundle_carries_the_sampled_frames_the_last_test_judged_and_replay_judges_them(tmp_path):
+    # one sample per second of a 2 fps camera: the tested window's samples are older than the
+    # newest `bundle_frames` frames, which hold no measured properties
+    monitor, _ = make(tmp_path, reference_period_s=48, reference_frames=48, window=8, test_every=4, bundle_frames=4)
+    clean = stream(96)
+    feed(monitor, clean, batch_size=2)
+    noisy = corruptions.apply("gaussian_noise", stream(48, seed=1), severity=5)
+    feed(monitor, noisy, start=1_000_100.0, first_id=96, batch_size=2)
+    assert monitor.command("status")["sources"]["cam"]["fingerprint"] == "noise"
+
+    context = monitor.incidents.context(alert("cam"))
+    tested = context.diagnosis["cam"]["frame_ids"]
+    assert len(tested) == 8 and np.all(np.diff(tested) == 2) and tested[0] >= 96  # one sample per batch, all noisy
+    ids = [f.frame_id for f in context.frames]
+    assert ids == sorted(set(tested) | set(range(96 + 48 - 4, 96 + 48)))
+    replayed = replay(read_bundle(build_bundle(alert("cam"), "unit", context)[0]))
+    cause = [c for c in replayed.comparisons if c.what == "cause"]
+    assert cause and cause[0].recorded == cause[0].replayed == "noise", replayed
+    assert not any("not all in the bundle" in note for note in replayed.notes), replayed.notes
 
 
 def test_a_failing_stage_is_counted_and_the_batch_dropped(tmp_path):

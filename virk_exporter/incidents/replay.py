@@ -8,11 +8,12 @@ production stack reproduces the incident. Parts that need a component this insta
 Drift, per source: reference embeddings come from the bundled ``.virkref`` when present
 (``virk_exporter.reference.build.Reference.load``), else from ``embeddings.npz`` (``reference/<source>``
 or ``reference``); the
-tested window is re-embedded from the frames with the recorded embedder
+tested window (the frames the worker's last test judged, ``diagnosis.<source>.frame_ids``; else
+the last ``window`` frames) is re-embedded with the recorded embedder
 (``config["embedder_id"]``) when it can be rebuilt, else taken from
 ``embeddings.npz["window/<source>"]``. The test is ``virk_exporter.drift.MMDDrift`` with the
 recorded ``n_permutations`` and ``p_val`` and a fixed seed. Diagnosis: the reference's own
-fingerprinter (saved state in the ``.virkref``) over the last window of recorded frames.
+fingerprinter (saved state in the ``.virkref``) over the same tested frames.
 """
 
 from __future__ import annotations
@@ -142,16 +143,14 @@ def _reference(bundle: Bundle, notes: list[str]) -> _Reference:
     return _Reference(embeddings, embedder_id, fingerprinters)
 
 
-def _window(
-    bundle: Bundle, source: str, frames: list[np.ndarray], embedder_id: str | None, size: int, notes: list[str]
-) -> np.ndarray | None:
+def _window(bundle: Bundle, source: str, frames: list[np.ndarray], embedder_id: str | None, notes: list[str]) -> np.ndarray | None:
     if embedder_id:
         try:
             from virk_exporter.embed.embedders import embedder_from_id
 
             _check_embedder_id(embedder_id)
             embedder = embedder_from_id(embedder_id)
-            return embedder.embed(np.stack(frames[-size:]))
+            return embedder.embed(np.stack(frames))
         except Exception as error:  # noqa: BLE001
             notes.append(f"{source}: frames not re-embedded ({error}); using the recorded window embeddings")
     return bundle.embeddings().get(f"window/{source}")
@@ -191,6 +190,7 @@ def replay(bundle: Bundle, predict: Callable[..., Any] | None = None, batch_size
 
     for source, items in sorted(groups.items()):
         frames = [frame for _, frame in items]
+        tested = _tested(bundle, source, items, _config_int(config, "window", default("window"), 4096), result.notes)
         if predict is not None:
             started = time.perf_counter()
             outputs = [predict(np.stack(frames[i : i + batch_size])) for i in range(0, len(frames), batch_size)]
@@ -200,9 +200,21 @@ def replay(bundle: Bundle, predict: Callable[..., Any] | None = None, batch_size
                 Comparison(source, "predict", f"{len(recorded)} recorded outputs" if recorded else None,
                            f"{len(frames)} frames in {time.perf_counter() - started:.2f}s; first: {summarize(outputs[0])}")
             )
-        drift = _replay_drift(bundle, result, source, frames, reference, config, seed)
-        _replay_diagnosis(bundle, result, source, items, reference, config, drift)
+        drift = _replay_drift(bundle, result, source, [frame for _, frame in tested], reference, config, seed)
+        _replay_diagnosis(bundle, result, source, tested, reference, drift)
     return result
+
+
+def _tested(bundle: Bundle, source: str, items: list[tuple[dict, np.ndarray]], size: int, notes: list[str]) -> list[tuple[dict, np.ndarray]]:
+    """The recorded frames the worker's last test judged (``diagnosis.<source>.frame_ids``), in
+    order; the last ``size`` frames for a bundle that does not name them or lacks some of them."""
+    wanted = bundle.manifest.get("diagnosis", {}).get(source, {}).get("frame_ids")
+    if isinstance(wanted, list) and wanted:
+        by_id = {entry.get("frame_id"): (entry, frame) for entry, frame in items}
+        if all(isinstance(i, int) and i in by_id for i in wanted):
+            return [by_id[i] for i in wanted]
+        notes.append(f"{source}: the tested frames are not all in the bundle; replaying its last {size} frames")
+    return items[-size:]
 
 
 def _replay_drift(bundle, result, source, frames, reference: _Reference, config, seed) -> bool | None:
@@ -211,7 +223,7 @@ def _replay_drift(bundle, result, source, frames, reference: _Reference, config,
     if reference_embeddings is None:
         result.notes.append(f"{source}: no reference embeddings in the bundle; drift not recomputed")
         return None
-    window = _window(bundle, source, frames, reference.embedder_id, _config_int(config, "window", default("window"), 4096), result.notes)
+    window = _window(bundle, source, frames, reference.embedder_id, result.notes)
     if window is None or len(window) < 2:
         result.notes.append(f"{source}: no window to test; drift not recomputed")
         return None
@@ -234,9 +246,9 @@ def _replay_drift(bundle, result, source, frames, reference: _Reference, config,
     return bool(test.drift)
 
 
-def _replay_diagnosis(bundle, result, source, items, reference: _Reference, config, drift: bool | None) -> None:
+def _replay_diagnosis(bundle, result, source, window, reference: _Reference, drift: bool | None) -> None:
     """Two diagnoses with the reference's fingerprinter (from the .virkref; else one built from
-    the bundled reference samples), over the last window of this source:
+    the bundled reference samples), over the tested window of this source:
 
     * ``cause``: from the per-frame properties the worker measured on the raw frames (in the
       manifest): the worker's own computation, reproducible exactly;
@@ -245,7 +257,6 @@ def _replay_diagnosis(bundle, result, source, items, reference: _Reference, conf
       pixel-exact replay); it is shown, not counted in ``reproduced``.
     """
     recorded = bundle.manifest.get("diagnosis", {}).get(source, {}).get("top")
-    window = items[-_config_int(config, "window", default("window"), 4096) :]
     try:
         fingerprinter = reference.for_source(source, reference.fingerprinters)
         if fingerprinter is None:

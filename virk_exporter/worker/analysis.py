@@ -38,6 +38,15 @@ from virk_exporter.worker.stages import Stages
 log = logging.getLogger("virk_exporter.worker")
 
 
+@dataclasses.dataclass(frozen=True)
+class TestedWindow:
+    """The samples the latest test judged: a bundle carries them so that replay tests and
+    diagnoses those frames, not whatever arrived between the test and the alert."""
+
+    frame_ids: tuple[int, ...]
+    embeddings: np.ndarray
+
+
 class SourceAnalysis:
     """One source's state: learning its reference, then testing windows of samples."""
 
@@ -50,6 +59,8 @@ class SourceAnalysis:
         self.detectors: Detectors | None = None
         self.capture_state = Hysteresis(config.hysteresis)
         self.properties: deque[dict[str, float]] = deque(maxlen=config.window)
+        self.frame_ids: deque[int] = deque(maxlen=config.window)  # the frames `properties` measured
+        self.tested: TestedWindow | None = None
         self.previous_frame: np.ndarray | None = None
         self.last: DriftResult | None = None
         self.diagnosis: Any = None
@@ -72,7 +83,8 @@ class SourceAnalysis:
         self.baseline = self.detectors = None
         self.capture_state = Hysteresis(self.config.hysteresis)
         self.properties.clear()
-        self.last = self.diagnosis = None
+        self.frame_ids.clear()
+        self.last = self.diagnosis = self.tested = None
         self.cause = "none"
 
     def watch(self, baseline: Baseline) -> None:
@@ -214,6 +226,7 @@ class Analysis:
             values = {k: float(v[i]) for k, v in props.items()}
             frame.properties.update(values)
             state.properties.append(values)
+            state.frame_ids.append(frame.frame_id)
         with stage("embed"):
             features = self._features(frames, outputs)
         if features is None:
@@ -228,6 +241,7 @@ class Analysis:
         with stage("fingerprint"):
             capture = state.detectors.capture.test(state.window_properties(), embedding_drift=update.drift)
         result = state.judge(update, capture, recorded[-1].timestamp, was_detected)
+        state.tested = TestedWindow(tuple(state.frame_ids), state.detectors.embedding.current_window())
         self.publisher.test(result, update, capture, state.window_properties())
         try:
             with stage("slices"):

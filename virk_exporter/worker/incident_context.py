@@ -20,7 +20,7 @@ from virk_exporter.reference.store import to_bytes
 from virk_exporter.telemetry.metrics import WorkerMetrics
 from virk_exporter.telemetry.tracing import SpanRecord, SpanRecorder
 from virk_exporter.worker.analysis import Analysis, SourceAnalysis
-from virk_exporter.worker.recorder import FlightRecorder
+from virk_exporter.worker.recorder import FlightRecorder, RecordedFrame
 from virk_exporter.worker.results import DriftResult
 
 if TYPE_CHECKING:  # the bundle writer (matplotlib) is imported on the first alert, not at start
@@ -94,9 +94,9 @@ class Incidents:
         with self.lock:
             sources = self.analysis.sources
             known = wanted in sources
-            frames = self.recorder.snapshot(sources={wanted} if known else None)[-self.config.bundle_frames :]
             names = [wanted] if known else list(sources)
             states = [sources[n] for n in names if sources[n].detectors is not None]
+            frames = _bundle_frames(self.recorder.snapshot(sources={wanted} if known else None), self.config.bundle_frames, states)
             embeddings, diagnosis = _embeddings(states), _diagnosis(states)
             timeline = [r.to_dict() for r in self.timeline.of(wanted if known else None)]
             functions = {self.functions[n] for n in names if n in self.functions}
@@ -138,12 +138,22 @@ class Incidents:
             self._manager.close()
 
 
+def _bundle_frames(held: list[RecordedFrame], newest: int, states: list[SourceAnalysis]) -> list[RecordedFrame]:
+    """The newest ``newest`` frames, and before them those of the last test's window that the
+    recorder still holds: test samples are spaced over time, so at a camera's frame rate they
+    are older than the newest frames, and replay needs them."""
+    tested = {i for state in states if state.tested is not None for i in state.tested.frame_ids}
+    older = held[: max(0, len(held) - newest)]
+    return [f for f in older if f.frame_id in tested] + held[len(older) :]
+
+
 def _embeddings(states: list[SourceAnalysis]) -> dict[str, np.ndarray]:
     """Each source's reference and tested window; ``reference`` too when there is one source."""
     embeddings: dict[str, np.ndarray] = {}
     for state in states:
         embeddings[f"reference/{state.name}"] = state.baseline.embeddings.copy()
-        embeddings[f"window/{state.name}"] = state.detectors.embedding.current_window().copy()
+        tested = state.tested
+        embeddings[f"window/{state.name}"] = tested.embeddings.copy() if tested is not None else state.detectors.embedding.current_window()
     if len(states) == 1:
         embeddings["reference"] = embeddings[f"reference/{states[0].name}"]
     return embeddings
@@ -154,6 +164,8 @@ def _diagnosis(states: list[SourceAnalysis]) -> dict[str, dict]:
     for state in states:
         if state.diagnosis is not None:
             diagnosis[state.name] = state.diagnosis.to_dict()
+            if state.tested is not None:  # which recorded frames the diagnosis measured (replay uses them)
+                diagnosis[state.name]["frame_ids"] = list(state.tested.frame_ids)
             if state.slices.ranking is not None:  # where it drifted: manifest and report show it
                 diagnosis[state.name]["slices"] = state.slices.ranking.to_dict()
     return diagnosis
