@@ -14,7 +14,10 @@ from virk_exporter.demo.app import run
 @pytest.mark.slow
 def test_demo_detects_diagnoses_and_bundles_both_incidents(tmp_path):
     console = Console(file=(tmp_path / "demo.log").open("w"), width=200)
-    summary = run(duration=36, port=0, store=str(tmp_path / "bundles"), console=console)
+    # 48 s, not the default 36: the demo is paced by the wall clock, and on 2 cores shared with
+    # the rest of the suite it renders fewer frames a second, so cam-2's incident (from 65 % of
+    # the run) once ended before its second test (flagged at 33.0 s of 36, under load only)
+    summary = run(duration=48, port=0, store=str(tmp_path / "bundles"), console=console)
     log = (tmp_path / "demo.log").read_text()
     assert set(summary["detections"]) == {"cam-1", "cam-2"}, log
     assert summary["detections"]["cam-1"]["cause"] == "blur", log
