@@ -223,6 +223,9 @@ def _observe(runs: list[Run], exporter: Any, position: int, last: dict[str, Any]
                 "p_value": m["p_value"] if m["p_value"] is not None else s.get("p_value"),
                 "drift": s.get("drift"),  # the embedding test's verdict, before hysteresis
                 "capture_drift": (s.get("capture") or {}).get("drift"),  # the capture-fault test's verdict
+                "capture_p_value": (s.get("capture") or {}).get("p_value"),
+                "capture_statistic": (s.get("capture") or {}).get("statistic"),
+                "capture_recent": (s.get("capture") or {}).get("recent_drift"),
                 "detected": bool(firing),
                 "fingerprint": firing[0].get("fingerprint") if firing else None,
                 "detector": firing[0].get("detector") if firing else None,
@@ -335,6 +338,7 @@ def score_run(run: Run) -> dict[str, Any]:
             flagged=int(sum(flagged)),
             flagged_embedding=int(sum(bool(t["drift"]) for t in run.tests)),
             flagged_capture=int(sum(bool(t.get("capture_drift")) for t in run.tests)),
+            flagged_recent=int(sum(bool(t.get("capture_recent")) for t in run.tests)),  # the newest samples alone: not an alarm by itself
             flag_rate=float(np.mean(flagged)) if flagged else float("nan"),
             ever_detected=any(t["detected"] for t in run.tests),
             fingerprints=sorted({t["fingerprint"] for t in run.tests if t["fingerprint"]}),
@@ -419,6 +423,7 @@ def summarize_clips(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "clean_tests": tests,
         "clean_flagged": flagged,
         "clean_flag_rate": flagged / tests if tests else float("nan"),
+        "clean_recent_flagged": {r["clip"]: r.get("flagged_recent", 0) for r in clean},
         "clean_ever_detected": {r["clip"]: r["ever_detected"] for r in clean},
         "detected": {b: share(rs, "detected") for b, rs in by_band.items()},
         "within_two_tests": {b: share([dict(r, fast=r["detected"] and r["tests_to_detect"] <= 2) for r in rs], "fast") for b, rs in by_band.items()},
@@ -484,7 +489,8 @@ def print_clips(result: dict[str, Any], title: str) -> None:
 
     console.print(
         f"[bold]clips ({title})[/bold]: clean single tests flagged {s['clean_flagged']} of {s['clean_tests']}; "
-        f"virk_drift_detected ever 1 on clean: {s['clean_ever_detected']}\n"
+        f"virk_drift_detected ever 1 on clean: {s['clean_ever_detected']}; "
+        f"clean tests whose newest samples alone flagged: {s.get('clean_recent_flagged')}\n"
         f"faults detected: sev 1-2 {pct(s['detected']['1-2'])}, sev 3-5 {pct(s['detected']['3-5'])}; "
         f"within two tests: 1-2 {pct(s['within_two_tests']['1-2'])}, 3-5 {pct(s['within_two_tests']['3-5'])}; "
         f"cause right when detected: 1-2 {pct(s['cause_right_when_detected']['1-2'])}, 3-5 {pct(s['cause_right_when_detected']['3-5'])}; "

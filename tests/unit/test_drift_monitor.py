@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from virk_exporter.drift.calibration import alarm_count, calibrate, wilson_upper
-from virk_exporter.drift import DriftUpdate, SourceDriftMonitor
+from virk_exporter.drift import DriftUpdate, Hysteresis, SourceDriftMonitor
 
 D = 8
 
@@ -42,6 +42,19 @@ def test_hysteresis_one_noisy_window_does_not_flap() -> None:
     got = [mon.update(clean(rng, 32) + s) for s in plan]
     assert [r.drift for r in got] == [s > 0 for s in plan]
     assert [r.detected for r in got] == [False] * 6 + [True] * 5 + [False]
+
+
+def test_a_test_whose_newest_samples_alone_drift_counts_toward_the_alarm_but_never_raises_it() -> None:
+    def run(tests: list[str], count: int = 2) -> list[bool]:  # "D": drift, "r": only the newest samples, ".": clean
+        state = Hysteresis(count)
+        return [state.update(t == "D", recent=t == "r") for t in tests]
+
+    assert run(["r", "D"]) == [False, True]  # a fault that began inside the first window: on at the first full one
+    assert run([".", "D", "r", "D"]) == [False, False, False, True]
+    assert run(["r", "r", "r", "r"]) == [False] * 4  # the newest samples alone never switch it on
+    assert run(["D", "r"]) == [False, False]
+    assert run(["r", "D"], count=1) == [False, True]
+    assert run(["D", "D", "r", ".", "r", ".", "."]) == [False, True, True, True, True, True, False]  # "r" is not clean
 
 
 def test_online_detector_reported_and_fires_on_shift() -> None:

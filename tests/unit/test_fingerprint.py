@@ -201,3 +201,24 @@ def test_darker_frames_with_new_streaks_in_each_are_rain_and_plain_darkening_is_
     assert (d.top, d.subkind) == ("weather", "rain"), d.causes[:3]
     darker = fp.diagnose(_dimmed(window, 0.7))
     assert (darker.top, darker.subkind) == ("brightness", "under-exposure"), darker.causes[:3]
+
+
+
+def test_the_newest_samples_of_a_window_get_their_own_calibrated_look():
+    from virk_exporter.fingerprint import CaptureDetector
+    from virk_exporter.fingerprint.properties import compute_properties_and_smalls
+
+    reference = photos.camera_stream(photos.load("coffee"), 128, size=(120, 160), seed=0)
+    props, smalls = compute_properties_and_smalls(reference)
+    detector = CaptureDetector(Fingerprinter.from_samples(props, smalls, (120, 160)), 16, p_val=0.01, recent=8)
+    live = photos.camera_stream(photos.load("coffee"), 40, size=(120, 160), seed=1)
+
+    def tests(frames):
+        measured, _ = compute_properties_and_smalls(frames, previous=reference[-1], reference=detector.fingerprinter.reference_view)
+        return [detector.test({k: v[s : s + 16] for k, v in measured.items()}) for s in range(0, len(frames) - 15, 8)]
+
+    assert not any(t.drift or t.recent_drift for t in tests(live))
+    # a defocus that began half a window ago: the window's bars miss it, its newest samples' do not
+    first = tests(np.concatenate([live[:8], corruptions.apply("defocus_blur", live[8:24], severity=3)]))[0]
+    assert not first.drift and first.recent_drift
+    assert CaptureDetector(detector.fingerprinter, 16, p_val=0.01, recent=16).recent is None  # no newer part to look at

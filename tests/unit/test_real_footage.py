@@ -72,3 +72,6 @@ def test_still_camera_verdict_needs_consecutive_flags_and_counts_from_the_half_f
     assert verdict([False, True, True, False, False]) == (False, True)  # on at the third
     assert verdict([True, False, True, False, True]) == (False, False)  # never two in a row
     assert verdict([False, True, False, True, True], hysteresis=1) == (True, True)
+    # the half-faulty test's newest samples flagged alone: on at the first fully faulty test
+    assert verdict([False, True, False, False, False], recent=[True, False, False, False, False]) == (True, True)
+    assert verdict([False, False, False, False, False], recent=[True] * 5) == (False, False)

@@ -201,7 +201,7 @@ def test_a_reference_built_without_source_labels_serves_every_source(tmp_path):
 
 
 def test_drift_result_round_trips_and_reads_old_timeline_entries():
-    result = DriftResult(5.0, "cam", 0.3, 0.004, 0.1, True, True, 2.0, 0.001, True, "both", "blur", "blur", True, ("site=a",))
+    result = DriftResult(5.0, "cam", 0.3, 0.004, 0.1, True, True, 2.0, 0.001, True, "both", "blur", "blur", True, ("site=a",), capture_recent=False)
     assert DriftResult.from_dict(result.to_dict()) == result
     old = {"timestamp": 7, "source": "cam1", "statistic": 0.3, "p_value": 0.005, "threshold": 0.05, "detected": True, "fingerprint": "brightness"}
     read = DriftResult.from_dict(old)

@@ -29,7 +29,11 @@ log = logging.getLogger("virk_exporter.drift")
 
 class Hysteresis:
     """``detected`` switches on after ``count`` consecutive drifting tests and off after as
-    many consecutive clean ones, so one noisy window cannot flap an alert."""
+    many consecutive clean ones, so one noisy window cannot flap an alert.
+
+    ``recent``: the test did not drift, but its newest samples alone did (a fault that began
+    inside the window; ``fingerprint.detector``). Such a test counts among the consecutive ones,
+    never as the one that switches the alarm on, and does not count as clean."""
 
     def __init__(self, count: int) -> None:
         if count < 1:
@@ -38,10 +42,11 @@ class Hysteresis:
         self.detected = False
         self._streak = 0  # consecutive tests disagreeing with `detected`
 
-    def update(self, drift: bool) -> bool:
-        self._streak = self._streak + 1 if drift != self.detected else 0
-        if self._streak >= self.count:
-            self.detected, self._streak = drift, 0
+    def update(self, drift: bool, recent: bool = False) -> bool:
+        leaning = drift or recent
+        self._streak = self._streak + 1 if leaning != self.detected else 0
+        if self._streak >= self.count and (drift or self.detected):
+            self.detected, self._streak = leaning, 0
         return self.detected
 
 

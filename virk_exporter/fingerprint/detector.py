@@ -9,6 +9,14 @@ block (``virk_exporter.drift.null``): every block of ``window`` samples is diagn
 reference without it, and the cause's bar is where its scores on that normal footage would be
 exceeded with probability ``p_val / len(CAUSES)`` (Bonferroni over the causes). A live window is
 a capture fault when some cause clears its bar; that cause names it.
+
+A fault that begins inside a window fills only its newest samples, so the first test after an
+onset sees a half-faulty window and often stays below its bars. With ``recent`` (the worker
+passes ``test_every``), each test that does not flag also looks at its newest ``recent``
+samples alone, against bars calibrated the same way on blocks of that size: ``recent_drift``.
+It never raises the alarm by itself; the worker's hysteresis lets it count as the first of the
+consecutive tests an alarm needs (``drift.monitor.Hysteresis``), so the alarm can come on at the
+first fully faulty test.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ class CaptureResult:
     statistic: float  # max over causes of score / bar: > 1 is a capture fault
     p_value: float  # Bonferroni-corrected over causes
     drift: bool
+    recent_drift: bool = False  # not drift, but the newest `recent` samples alone clear their bars
 
     def to_dict(self) -> dict[str, float | bool]:
         return {"statistic": self.statistic, "p_value": self.p_value, "drift": self.drift}
@@ -37,13 +46,21 @@ class CaptureResult:
 class CaptureDetector:
     """Calibrated cause scores for one source (see the module docstring)."""
 
-    def __init__(self, fingerprinter: Fingerprinter, window: int, p_val: float) -> None:
+    def __init__(self, fingerprinter: Fingerprinter, window: int, p_val: float, recent: int | None = None) -> None:
         self.fingerprinter = fingerprinter
         self.window = int(window)
         self.p_val = float(p_val)
         self.nulls = _cause_nulls(fingerprinter, self.window)
+        self.thresholds = self._bars(self.nulls)
+        # The newest samples' own bars: only while they are a part of the window, and the
+        # reference holds blocks of that size to calibrate them (else no recent look).
+        self.recent = int(recent) if recent is not None and 4 <= int(recent) < self.window else None
+        self.recent_nulls = _cause_nulls(fingerprinter, self.recent) if self.recent and self.nulls else {}
+        self.recent_thresholds = self._bars(self.recent_nulls)
+
+    def _bars(self, nulls: dict[str, EmpiricalNull]) -> dict[str, float]:
         per_cause = self.p_val / len(CAUSES)
-        self.thresholds = {c: max(MIN_SCORE, null.threshold(per_cause)) for c, null in self.nulls.items()}
+        return {c: max(MIN_SCORE, null.threshold(per_cause)) for c, null in nulls.items()}
 
     @property
     def calibrated(self) -> bool:
@@ -58,7 +75,16 @@ class CaptureDetector:
             p_value = min(1.0, len(CAUSES) * min(self.nulls[c].p_value(scores.get(c, 0.0)) for c in CAUSES))
         else:
             p_value = 0.0 if statistic >= 1.0 else 1.0
-        return CaptureResult(diagnosis=diagnosis, statistic=float(statistic), p_value=float(p_value), drift=diagnosis.top in CAUSES)
+        drift = diagnosis.top in CAUSES
+        return CaptureResult(diagnosis, float(statistic), float(p_value), drift, recent_drift=not drift and self._recent_drift(properties))
+
+    def _recent_drift(self, properties: dict[str, np.ndarray]) -> bool:
+        """The newest ``recent`` samples alone clear some cause's bar (rules only: no naming)."""
+        if not self.recent_thresholds or min((len(v) for v in properties.values()), default=0) < self.window:
+            return False
+        newest = {k: v[-self.recent :] for k, v in properties.items()}
+        diagnosis = self.fingerprinter.diagnose(properties=newest, thresholds=self.recent_thresholds, by_rules=True)
+        return diagnosis.top in CAUSES
 
 
 def _cause_nulls(fingerprinter: Fingerprinter, window: int) -> dict[str, EmpiricalNull]:

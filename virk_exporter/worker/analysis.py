@@ -100,7 +100,7 @@ class SourceAnalysis:
             seed=zlib.crc32(self.name.encode()),
         )
         self.baseline = baseline
-        self.detectors = Detectors(embedding, CaptureDetector(baseline.fingerprinter, config.window, config.p_val))
+        self.detectors = Detectors(embedding, CaptureDetector(baseline.fingerprinter, config.window, config.p_val, recent=config.test_every))
         self.learner = None
 
     def window_properties(self) -> dict[str, np.ndarray]:
@@ -110,7 +110,7 @@ class SourceAnalysis:
     def judge(self, update: DriftUpdate, capture: CaptureResult, timestamp: float, was_detected: bool) -> DriftResult:
         """Combine the two tests into the source's verdict (which detector, which cause);
         ``was_detected``: the verdict before this test's embedding update."""
-        captured = self.capture_state.update(capture.drift)
+        captured = self.capture_state.update(capture.drift, recent=capture.recent_drift)
         if capture.drift:
             self.cause = capture.diagnosis.top
         content = self.detectors.embedding.detected
@@ -125,7 +125,7 @@ class SourceAnalysis:
         self.diagnosis = capture.diagnosis
         return DriftResult(
             timestamp, self.name, update.statistic, update.p_value, update.threshold, update.drift, self.detected,
-            capture_statistic=capture.statistic, capture_p_value=capture.p_value, capture_drift=capture.drift,
+            capture_statistic=capture.statistic, capture_p_value=capture.p_value, capture_drift=capture.drift, capture_recent=capture.recent_drift,
             detector=detector, fingerprint=fingerprint, top_cause=capture.diagnosis.top, onset=self.detected and not was_detected,
         )
 

@@ -40,6 +40,7 @@ class DriftResult:
     top_cause: str | None = None  # the capture diagnosis's top cause, detected or not
     onset: bool = False  # detected now and not at the source's previous test
     slices_top: tuple[str, ...] = ()  # the most drifted tagged slices, while detected
+    capture_recent: bool | None = None  # the capture test's newest samples alone flagged (not an alarm by itself)
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's ``drift_timeline`` entry (and the status of a source)."""
@@ -51,7 +52,7 @@ class DriftResult:
             "threshold": self.threshold,
             "drift": self.drift,
             "detected": self.detected,
-            "capture": {"statistic": self.capture_statistic, "p_value": self.capture_p_value, "drift": self.capture_drift},
+            "capture": {"statistic": self.capture_statistic, "p_value": self.capture_p_value, "drift": self.capture_drift, "recent_drift": self.capture_recent},
             "detector": self.detector,
             "fingerprint": self.fingerprint,
             "top_cause": self.top_cause,
@@ -76,6 +77,7 @@ class DriftResult:
             capture_statistic=_number(capture.get("statistic")),
             capture_p_value=_number(capture.get("p_value")),
             capture_drift=_flag(capture.get("drift")),
+            capture_recent=_flag(capture.get("recent_drift")),
             detector=str(data.get("detector") or "none"),
             fingerprint=str(data.get("fingerprint") or "none"),
             top_cause=None if data.get("top_cause") is None else str(data["top_cause"]),
