@@ -217,15 +217,16 @@ def _observe(runs: list[Run], exporter: Any, position: int, last: dict[str, Any]
             continue
         last[run.source] = key
         firing = [d for d in m["detected"] if d["value"] == 1.0]
+        capture = s.get("capture") or {}
         run.tests.append(
             {
                 "position": position,  # frames of this source after the reference period, so far
                 "p_value": m["p_value"] if m["p_value"] is not None else s.get("p_value"),
                 "drift": s.get("drift"),  # the embedding test's verdict, before hysteresis
-                "capture_drift": (s.get("capture") or {}).get("drift"),  # the capture-fault test's verdict
-                "capture_p_value": (s.get("capture") or {}).get("p_value"),
-                "capture_statistic": (s.get("capture") or {}).get("statistic"),
-                "capture_recent": (s.get("capture") or {}).get("recent_drift"),
+                "capture_drift": capture.get("drift"),  # the capture-fault test's verdict
+                "capture_p_value": capture.get("p_value"),
+                "capture_statistic": capture.get("statistic"),
+                "capture_recent": capture.get("recent_drift"),
                 "detected": bool(firing),
                 "fingerprint": firing[0].get("fingerprint") if firing else None,
                 "detector": firing[0].get("detector") if firing else None,

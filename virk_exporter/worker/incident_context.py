@@ -152,8 +152,8 @@ def _embeddings(states: list[SourceAnalysis]) -> dict[str, np.ndarray]:
     embeddings: dict[str, np.ndarray] = {}
     for state in states:
         embeddings[f"reference/{state.name}"] = state.baseline.embeddings.copy()
-        tested = state.tested
-        embeddings[f"window/{state.name}"] = tested.embeddings.copy() if tested is not None else state.detectors.embedding.current_window()
+        # both are copies already: current_window() indexes the ring buffer, and a test's window is never modified
+        embeddings[f"window/{state.name}"] = state.tested.embeddings if state.tested is not None else state.detectors.embedding.current_window()
     if len(states) == 1:
         embeddings["reference"] = embeddings[f"reference/{states[0].name}"]
     return embeddings
