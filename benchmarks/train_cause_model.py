@@ -7,9 +7,9 @@ each meets each fault more than once. Each window is diagnosed with the rules al
 never depends on a previous model) and its evidence kept. The L2 penalty is chosen by
 leave-one-photograph-out cross-validation, scored the way the evaluation scores (the top cause
 right, the fault's accepted alternatives included, on windows whose rules name a cause, chosen
-among the causes they name), and the
-model refitted on everything is written to the package. SCORE and HOLDOUT photographs are never
-touched here: ``benchmarks/real_footage.py --part stills --set holdout`` measures the result.
+among the causes they name), and the model refitted on everything is written to the package.
+SCORE, HOLDOUT and FRESH photographs are never touched here: ``benchmarks/real_footage.py
+--part stills --set holdout`` and ``benchmarks/stills_detection.py --set fresh`` measure the result.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/train_cause_model.py            # ~12 min on 2 cores
     PYTHONPATH=$PWD .venv/bin/python benchmarks/train_cause_model.py --rows R.json  # refit from kept windows

@@ -10,6 +10,7 @@ from virk_exporter.demo import corruptions
 
 from virk_exporter.demo import photos
 from virk_exporter.fingerprint import VOCABULARY, Fingerprinter, compute_properties
+from virk_exporter.fingerprint.causes import MIN_SCORE
 
 N = 24  # frames per test window: enough for the KS tests, fast enough for CI
 
@@ -78,6 +79,38 @@ def test_low_texture_scene_is_not_blur():
     clean = photos.camera_stream(scene, N, seed=1)
     assert fp.diagnose(clean).top == "none"
     assert fp.diagnose(corruptions.apply("defocus_blur", clean, 5, seed=0)).top == "blur"
+
+
+def _point_lights(size=(480, 640), seed=0):
+    """A night view: a dark field with small bright lights (the city clip's office towers)."""
+    rng = np.random.default_rng(seed)
+    scene = np.full((*size, 3), 12.0, np.float32)
+    for y, x in zip(rng.integers(0, size[0], 400), rng.integers(0, size[1], 400)):
+        cv2.circle(scene, (int(x), int(y)), int(rng.integers(1, 4)), tuple(float(c) for c in rng.uniform(120, 255, 3)), -1)
+    return np.clip(scene, 0, 255).astype(np.uint8)
+
+
+def test_fog_over_point_lights_is_not_blur_and_their_defocus_is():
+    scene = _point_lights()
+    fp = Fingerprinter(photos.camera_stream(scene, 48, seed=0))
+    clean = photos.camera_stream(scene, N, seed=1).astype(np.float32)
+    yy, xx = np.mgrid[0 : scene.shape[0], 0 : scene.shape[1]].astype(np.float32)
+    airlight = (70 + 50 * np.sin(xx / 120.0) * np.cos(yy / 90.0))[None, ..., None]  # smooth, uneven
+    fog = fp.diagnose(np.clip(0.6 * clean + airlight, 0, 255).astype(np.uint8), by_rules=True)
+    steepness = next(e for e in fog.evidence if e.property == "sharpness")
+    assert steepness.effect < -3  # steepness relative to contrast fell: that alone read as blur
+    assert fog.scores["blur"] < MIN_SCORE and fog.top != "blur"  # the fine octave kept its share (2 % lower)
+    defocus = fp.diagnose(np.stack([cv2.GaussianBlur(f, (0, 0), 2.0) for f in clean]).astype(np.uint8), by_rules=True)
+    assert defocus.top == "blur"
+    assert {"sharpness", "fine_detail"} <= {e.property for e in defocus.evidence if e.cause == "blur"}
+
+
+def test_a_reference_saved_before_fine_detail_still_names_blur(fp, window):
+    state = {k: v for k, v in fp.state().items() if not k.endswith("/fine_detail")}
+    old = Fingerprinter.from_state(state)
+    assert "fine_detail" not in old.reference_properties
+    assert old.diagnose(corruptions.apply("defocus_blur", window, 3, seed=0)).top == "blur"
+    assert old.diagnose(window).top == "none"
 
 
 def test_embedding_drift_without_property_change_is_content(fp, window):

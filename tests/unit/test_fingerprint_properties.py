@@ -56,6 +56,37 @@ def test_colour_cast_is_log_ratio_of_channel_spreads():
     assert p["cast_b"][0] == pytest.approx(0.0, abs=0.01)
 
 
+def test_fine_detail_falls_under_blur_but_not_under_fog_gain_or_offset():
+    """Sharpness relative to contrast falls when a smooth field of light is added (fog's
+    airlight) although no edge lost steepness; the fine octave's share of gradient energy does not."""
+    scene = photos.fit(photos.load("coffee"), (480, 640)).astype(np.float32)
+    yy, xx = np.mgrid[0:480, 0:640].astype(np.float32)
+    airlight = (90 + 60 * np.sin(xx / 130.0) * np.cos(yy / 110.0))[..., None]  # smooth, uneven fog
+    views = {
+        "clean": scene,
+        "fog": 0.6 * scene + airlight,
+        "gain_offset": 0.7 * scene + 40,
+        "defocus": cv2.GaussianBlur(scene, (0, 0), 2.0),
+    }
+    p = {k: compute_properties(np.clip(v, 0, 255).astype(np.uint8)[None]) for k, v in views.items()}
+    fine = {k: float(v["fine_detail"][0]) for k, v in p.items()}
+    assert p["fog"]["sharpness"][0] < 0.85 * p["clean"]["sharpness"][0]  # the old evidence reads fog as blur
+    assert fine["fog"] == pytest.approx(fine["clean"], abs=0.1)
+    assert fine["gain_offset"] == pytest.approx(fine["clean"], abs=0.1)
+    assert fine["defocus"] < fine["clean"] - 0.5
+
+
+@pytest.mark.parametrize("shape", [(144, 176), (168, 224)])
+def test_fine_detail_sees_blur_on_frames_smaller_than_its_320x240_view(shape):
+    # Upsampled to 320x240, a small frame has no finer octave than its own: the ratio is taken
+    # on the frame and its half (through the upsampled view, a severity-3 defocus measured 4.4
+    # reference spreads at 160x120 instead of 6.6: interpolation adds spread, not signal).
+    scene = photos.fit(photos.load("coffee"), shape)
+    fine = compute_properties(scene[None])["fine_detail"][0]
+    blurred = compute_properties(cv2.GaussianBlur(scene, (0, 0), 1.0)[None])["fine_detail"][0]
+    assert blurred < fine - 0.3
+
+
 def test_blockiness_sees_an_8_pixel_grid_but_not_a_4_pixel_one():
     rng = np.random.default_rng(2)
     fine = rng.normal(128, 3, size=(1, 64, 128, 3))

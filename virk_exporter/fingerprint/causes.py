@@ -326,7 +326,13 @@ ZOOM_CENTER = 0.3  # centre-vs-whole sharpness gain per unit of log-sharpness lo
 
 
 def _blur(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
-    score = e.s("sharpness", -1) - e.s("noise")
+    # Blur lowers both the edges' steepness relative to contrast and the fine octave's energy
+    # relative to the coarse one. Fog, a contrast loss or an exposure change on a dark scene of
+    # point lights lower the first too (the city clip: by 30-135 reference spreads), not the
+    # second. A reference saved before ``fine_detail`` existed has only the first.
+    steepness = e.s("sharpness", -1)
+    evidence = min(steepness, e.s("fine_detail", -1)) if "fine_detail" in e.tests else steepness
+    score = evidence - e.s("noise")
     # The sub-kind compares physical changes, scaled by how much sharpness was lost: effect
     # sizes (in units of a static camera's tiny reference spread) made any wobble look decisive.
     lost = max(-e.d("sharpness"), 1e-6)
@@ -336,7 +342,7 @@ def _blur(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[st
         kind = "zoom"
     else:
         kind = "defocus"
-    return score, kind, ("sharpness", "sharp_center", "aniso_c", "aniso_s", "noise")
+    return score, kind, ("sharpness", "fine_detail", "sharp_center", "aniso_c", "aniso_s", "noise")
 
 
 RULES: dict[str, Rule] = {

@@ -44,6 +44,7 @@ PROPERTY_NAMES: tuple[str, ...] = (
     "contrast",  # RMS contrast: std of gray
     "sharpness",  # RMS gradient / RMS contrast at 320x240 (scale-free edge steepness)
     "sharp_center",  # log(gradient energy in the central half / everywhere): zoom blur
+    "fine_detail",  # log(gradient energy at 320x240, or the frame if smaller / one octave coarser): blur loses the fine scale first
     "aniso_c",  # gradient orientation anisotropy (Jxx - Jyy) / (Jxx + Jyy): motion blur, rain
     "aniso_s",  # 2 Jxy / (Jxx + Jyy)
     "noise",  # sigma of additive noise in gray levels (robust Immerkaer estimate)
@@ -98,6 +99,12 @@ def _blockiness(steps: np.ndarray) -> float:
     return float((top[-1] - top[-2]) / (phases.mean() + 1e-3))
 
 
+def _gradient_energy(gray: np.ndarray) -> float:
+    gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
+    return float(cv2.mean(gx * gx)[0] + cv2.mean(gy * gy)[0]) + 1e-6
+
+
 def _frame_properties(frame: np.ndarray, out: np.ndarray, i: int) -> np.ndarray:
     """Fill row ``i`` of ``out`` (one column per PROPERTY_NAMES entry); return the small gray."""
     h, w = frame.shape[:2]
@@ -120,6 +127,16 @@ def _frame_properties(frame: np.ndarray, out: np.ndarray, i: int) -> np.ndarray:
     cy, cx = mh // 4, mw // 4
     center = cv2.mean(gx[cy:-cy, cx:-cx] ** 2 + gy[cy:-cy, cx:-cx] ** 2)[0] + 1e-6
     mid_std = float(cv2.meanStdDev(mid)[1][0, 0])
+    # The finest octave's gradient energy against the next coarser one: gain, offset and added
+    # low-frequency light (fog's airlight, a vignette, a lamp) scale both alike, while every
+    # blur takes the fine octave first. Sharpness relative to contrast falls under fog too;
+    # this ratio does not. Below 320x240 the mid view is upsampled: the frame's own octave is
+    # the finest, and interpolation would only add spread.
+    if w < MID[0] or h < MID[1]:
+        native = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        fine_detail = np.log(_gradient_energy(native) / _gradient_energy(cv2.resize(native, (max(1, w // 2), max(1, h // 2)), interpolation=cv2.INTER_AREA)))
+    else:
+        fine_detail = np.log(energy / _gradient_energy(small))
 
     # Noise on a full-resolution central crop of the green channel (decimating would alias
     # texture into the estimate; averaging would remove the noise).
@@ -167,6 +184,7 @@ def _frame_properties(frame: np.ndarray, out: np.ndarray, i: int) -> np.ndarray:
         contrast,
         np.sqrt(energy) / (mid_std + 1.0),
         np.log(center / (energy)),
+        fine_detail,
         (jxx - jyy) / energy,
         2 * jxy / energy,
         noise,

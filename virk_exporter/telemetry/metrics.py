@@ -28,7 +28,7 @@ CALLER_STAGES = ("input", "caller", "handoff", "worker", "http", "tracing", "tag
 WORKER_STAGES = ("normalize", "record", "properties", "embed", "drift", "fingerprint", "reference", "control", "slices", "store", "reference_store")
 BUNDLE_OUTCOMES = ("uploaded", "spooled", "failed", "duplicate", "resolved", "coalesced")
 
-# The image properties exported per source by default (``property_metrics="core"``). All 27
+# The image properties exported per source by default (``property_metrics="core"``). All 28
 # properties with their reference bands would be ~110 series per source; these eight cover the
 # usual capture faults (exposure, contrast, focus, sensor noise, colour, haze, a moved camera, a
 # frozen stream). The diagnosis always uses every property, whatever is exported.
