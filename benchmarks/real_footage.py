@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="stills: 16-frame windows, severities 2 and 4, other people's faults only; clips: faults on carphone only, severity 4")
     parser.add_argument("--faults", default="", help="comma-separated substrings of fault names (default: all)")
     parser.add_argument("--exporter-arg", action="append", default=[], metavar="K=V", help="Exporter keyword argument for the clips part (repeatable)")
+    parser.add_argument("--clips", default="", help=f"clips part: comma-separated clip names (default: all of {', '.join(material.CLIPS)})")
     parser.add_argument("--reference-part", action="store_true", help="clips: learn from every frame of the clip's reference part (reference_period_s=0, reference_frames=its length)")
     parser.add_argument("--out", type=Path, default=None, help="results JSON (default: benchmarks/results/real_footage_<set>[_quick].json)")
     args = parser.parse_args(argv)
@@ -276,7 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.part in ("clips", "all"):
         from benchmarks.real_footage_clips import run_and_print_clips
 
-        results["clips"] = run_and_print_clips(args.set, faults, args.quick, exporter_args, title, explicit_faults=bool(args.faults), reference_part=args.reference_part)
+        clips = tuple(c for c in args.clips.split(",") if c) or tuple(material.CLIPS)
+        unknown = sorted(set(clips) - set(material.CLIPS))
+        if unknown:
+            parser.error(f"unknown clips {unknown}; choose from {sorted(material.CLIPS)}")
+        results["clips"] = run_and_print_clips(args.set, faults, args.quick, exporter_args, title, explicit_faults=bool(args.faults), reference_part=args.reference_part, clips=clips)
     out = args.out or RESULTS / f"real_footage_{args.set}{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=_json_default))

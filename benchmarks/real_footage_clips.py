@@ -502,9 +502,19 @@ def print_clips(result: dict[str, Any], title: str) -> None:
 
 
 def run_and_print_clips(
-    set_name: str, faults: list[material.Fault], quick: bool, exporter_args: dict[str, Any], title: str, explicit_faults: bool, reference_part: bool = False
+    set_name: str,
+    faults: list[material.Fault],
+    quick: bool,
+    exporter_args: dict[str, Any],
+    title: str,
+    explicit_faults: bool,
+    reference_part: bool = False,
+    clips: tuple[str, ...] = tuple(material.CLIPS),
 ) -> dict[str, Any]:
-    plan = dataclasses.replace(ClipPlan.quick() if quick else ClipPlan(), reference_part=reference_part)
+    base = ClipPlan.quick() if quick else ClipPlan()
+    # the chosen clips; faults on those of them the plan puts faults on (or on all, if none)
+    fault_clips = tuple(c for c in base.fault_clips if c in clips) or clips
+    plan = dataclasses.replace(base, reference_part=reference_part, clips=clips, fault_clips=fault_clips)
     chosen = faults if explicit_faults else [material.FAULTS[name] for name in CLIP_FAULTS]
     started = time.perf_counter()
     result = run_clips(set_name, chosen, plan, exporter_args, progress=lambda s: print(f"clips: {s}", file=sys.stderr, flush=True), explicit=explicit_faults)

@@ -16,4 +16,19 @@ if "$PY" -m pip show -q opencv-python >/dev/null 2>&1; then
   "$PY" -m pip uninstall -q -y opencv-python
   "$PY" -m pip install -q --force-reinstall --no-deps "opencv-python-headless==$headless"
 fi
+# OpenCV's sample video of a fixed surveillance camera (samples/data/vtest.avi) ships in no
+# wheel; Debian's opencv-doc package carries it. Fetched by a pinned address, checked, and only
+# that file kept, in the venv (material.py: FOLDERS["opencv-doc"]).
+clips=.venv/share/opencv-doc
+if [ ! -f "$clips/vtest.avi" ]; then
+  deb_url=https://deb.debian.org/debian/pool/main/o/opencv/opencv-doc_4.6.0+dfsg-12_all.deb
+  deb_sha=4b12681df35878207ac7097dc66184b2ae552e4bf4ddd2af04a0f03ed0b8682a
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  curl -fsSL --retry 3 -o "$tmp/opencv-doc.deb" "$deb_url"
+  echo "$deb_sha  $tmp/opencv-doc.deb" | sha256sum -c --quiet -
+  (cd "$tmp" && ar x opencv-doc.deb data.tar.xz && tar -xJf data.tar.xz ./usr/share/doc/opencv-doc/examples/data/vtest.avi)
+  mkdir -p "$clips"
+  mv "$tmp/usr/share/doc/opencv-doc/examples/data/vtest.avi" "$clips/vtest.avi"
+fi
 "$PY" -c "import cv2; print('cv2', cv2.__version__, 'ok')"

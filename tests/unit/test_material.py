@@ -32,7 +32,7 @@ def test_clips_decode_to_rgb_with_their_real_sizes():
         assert stream.reference.dtype == np.uint8 and stream.reference.ndim == 4
         assert len(stream.reference) > 0 and len(stream.rest) > 0
         sizes[name] = stream.reference.shape[1:3]
-    assert sizes == {"carphone": (144, 176), "bikes": (272, 640), "bigbuckbunny": (720, 1280), "city": (405, 720)}
+    assert sizes == {"carphone": (144, 176), "bikes": (272, 640), "bigbuckbunny": (720, 1280), "city": (405, 720), "vtest": (576, 768)}
     city = material.clip_stream("city")
     assert city.next_scene is not None and len(city.reference) + len(city.rest) == material.CLIPS["city"].cut
     # the cut is real: the first frame after it differs from the last before it far more than neighbours do
