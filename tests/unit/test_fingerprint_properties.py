@@ -47,7 +47,7 @@ def test_noise_estimate_recovers_known_sigma_despite_texture():
         assert compute_properties(noisy[None])["noise"][0] == pytest.approx(sigma, rel=0.25)
 
 
-def test_colour_cast_is_log_ratio_of_channel_spreads():
+def test_colour_cast_is_log_ratio_of_channel_edge_strengths():
     rng = np.random.default_rng(1)
     gray = rng.integers(40, 200, size=(1, 120, 160, 1)).astype(np.float32)
     frame = np.concatenate([gray * 1.2, gray, gray], axis=-1).clip(0, 255).astype(np.uint8)
@@ -159,3 +159,26 @@ def test_layouts_gray_bgr_float_chw_agree():
             np.testing.assert_allclose(other[name], base[name], atol=1e-6, equal_nan=True)
     gray = compute_properties(rgb[..., 1])  # (N, H, W) grayscale
     assert gray["cast_r"][0] == 0 and gray["saturation"][0] == 0
+
+
+def test_colour_cast_follows_a_white_balance_gain_not_a_red_coat_or_fog():
+    """The cast is the edges' channel ratio: a gain on one channel moves it by log(gain); a
+    passer-by in a saturated coat (a fixed camera's daily content) and fog's uneven grey
+    airlight do not. (The whole-frame spread ratio it replaced moved by 0.11 and 0.19 here.)"""
+    from virk_exporter.fingerprint.causes import MIN_CAST
+
+    def cast(frame: np.ndarray) -> np.ndarray:
+        p = compute_properties(frame[None])
+        return np.array([p["cast_r"][0], p["cast_b"][0]])
+
+    cat = photos.fit(photos.load("chelsea"), (480, 640))
+    coat = cat.copy()
+    coat[180:380, 400:480] = (210, 25, 30)  # a red coat, 5 % of the view
+    assert np.abs(cast(coat) - cast(cat)).max() < MIN_CAST / 2
+    scene = photos.fit(photos.load("astronaut"), (480, 640))
+    yy, xx = np.mgrid[0:480, 0:640].astype(np.float32)
+    airlight = (90 + 60 * np.sin(xx / 130.0) * np.cos(yy / 110.0))[..., None]
+    foggy = np.clip(0.6 * scene.astype(np.float32) + airlight, 0, 255).astype(np.uint8)
+    assert np.abs(cast(foggy) - cast(scene)).max() < MIN_CAST / 2
+    warm = np.clip(scene.astype(np.float32) * (1.0, 1.0, 0.9), 0, 255).astype(np.uint8)
+    assert cast(warm)[1] - cast(scene)[1] == pytest.approx(np.log(0.9), abs=0.02)
