@@ -37,6 +37,21 @@ def _spread_of_sorted(values: np.ndarray) -> float:
     return max(1.4826 * mad, 1e-6 * (1.0 + abs(median)), 1e-9)
 
 
+@dataclass(frozen=True)
+class SortedSample:
+    """A reference sample sorted once, with its median and spread: a source's reference is tested
+    against every live window, and sorting it (twice, for the MAD) was most of a diagnosis."""
+
+    values: np.ndarray
+    median: float
+    spread: float
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> "SortedSample":
+        ordered = np.sort(np.asarray(values, dtype=np.float64))
+        return cls(ordered, _median_of_sorted(ordered), _spread_of_sorted(ordered))
+
+
 def _ks_of_sorted(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
     """Two-sided two-sample KS statistic of sorted samples and its asymptotic p-value
     (Kolmogorov distribution). ``scipy.stats.ks_2samp`` costs ~6 ms a call in its argument
@@ -49,33 +64,35 @@ def _ks_of_sorted(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
 
 
 def ks_property_tests(
-    reference: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray | SortedSample],
     current: Mapping[str, np.ndarray],
     alpha: float = 0.01,
 ) -> list[PropertyTest]:
     """KS-test every property present in both mappings; BH-correct at level ``alpha``.
 
+    ``reference`` values may be :class:`SortedSample` (sorted once for many tests).
     Returns tests sorted by adjusted q-value (most significant first).
     """
-    names = [n for n in reference if n in current and len(reference[n]) > 0 and len(current[n]) > 0]
+    names = [n for n in reference if n in current and len(_values(reference[n])) > 0 and len(current[n]) > 0]
     if not names:
         return []
     raw = []
     for name in names:
-        ref = np.sort(np.asarray(reference[name], dtype=np.float64))
+        given = reference[name]
+        ref = given if isinstance(given, SortedSample) else SortedSample.of(given)
         cur = np.sort(np.asarray(current[name], dtype=np.float64))
-        d, p = _ks_of_sorted(ref, cur)
+        d, p = _ks_of_sorted(ref.values, cur)
         raw.append((name, ref, cur, d, p))
     q_values = stats.false_discovery_control(np.array([r[4] for r in raw]), method="bh")
     tests = []
     for (name, ref, cur, d, p), q in zip(raw, q_values):
-        ref_med, cur_med = _median_of_sorted(ref), _median_of_sorted(cur)
+        ref_med, cur_med = ref.median, _median_of_sorted(cur)
         tests.append(
             PropertyTest(
                 name=name,
                 reference=ref_med,
                 current=cur_med,
-                effect=(cur_med - ref_med) / _spread_of_sorted(ref),
+                effect=(cur_med - ref_med) / ref.spread,
                 statistic=d,
                 p_value=p,
                 q_value=float(q),
@@ -84,3 +101,8 @@ def ks_property_tests(
         )
     tests.sort(key=lambda t: (t.q_value, -t.statistic))
     return tests
+
+
+def _values(sample: np.ndarray | SortedSample) -> np.ndarray:
+    return sample.values if isinstance(sample, SortedSample) else sample
+

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from virk_exporter.drift.ks import PropertyTest, ks_property_tests
+from virk_exporter.drift.ks import PropertyTest, SortedSample, ks_property_tests
 from virk_exporter.fingerprint.geometry import GEOMETRY_NAMES, ReferenceView, compute_geometry
 from virk_exporter.fingerprint.naming import evidence_features, shipped_model
 from virk_exporter.fingerprint.properties import (
@@ -389,6 +389,7 @@ class Fingerprinter:
     def __init__(self, reference_frames: Any, color: ColorOrder = "rgb", alpha: float = 0.01):
         self.color = color
         self.alpha = alpha
+        self._sorted: tuple[dict[str, np.ndarray], dict[str, SortedSample]] | None = None
         if reference_frames is None:  # from_state / from_samples fill the rest
             return
         frames = to_frames(reference_frames, color)
@@ -434,6 +435,12 @@ class Fingerprinter:
 
     # --- diagnosis ----------------------------------------------------------------------
 
+    def _sorted_reference(self) -> dict[str, SortedSample]:
+        """The reference sorted once for every live test (again if it was replaced)."""
+        if self._sorted is None or self._sorted[0] is not self.reference_properties:
+            self._sorted = (self.reference_properties, {k: SortedSample.of(v) for k, v in self.reference_properties.items()})
+        return self._sorted[1]
+
     def properties(self, frames: Any, previous: Any = None) -> dict[str, np.ndarray]:
         """All properties (image + geometry against this reference) for ``frames``."""
         props, _ = compute_properties_and_smalls(frames, previous=previous, reference=self.reference_view, color=self.color)
@@ -474,12 +481,11 @@ class Fingerprinter:
                 smalls = np.stack([small_gray(f) for f in rgb])
                 current.update(compute_geometry(smalls, self.reference_view))
         current = {k: np.asarray(v, np.float64) for k, v in current.items()}
-        reference = self.reference_properties if reference is None else reference
-        tests = ks_property_tests(
-            reference,
-            {k: finite_values(v) for k, v in current.items() if k in reference},
-            alpha=self.alpha,
-        )
+        if reference is None:
+            reference, tested = self.reference_properties, self._sorted_reference()
+        else:
+            tested = reference
+        tests = ks_property_tests(tested, {k: finite_values(v) for k, v in current.items() if k in reference}, alpha=self.alpha)
         effects = _Effects(tests, width=float(self.reference_view.frame_size[1]))
         new_scene = _new_scene(effects, current, reference)
         if new_scene:

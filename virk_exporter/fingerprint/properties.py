@@ -152,11 +152,12 @@ def _frame_properties(frame: np.ndarray, out: np.ndarray, i: int) -> np.ndarray:
     # blurs the periphery more) and the orientation structure tensor (motion blur, rain).
     gx = cv2.Sobel(mid, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(mid, cv2.CV_32F, 0, 1, ksize=3)
-    jxx, jyy, jxy = float(cv2.mean(gx * gx)[0]), float(cv2.mean(gy * gy)[0]), float(cv2.mean(gx * gy)[0])
+    gxx, gyy = gx * gx, gy * gy
+    jxx, jyy, jxy = float(cv2.mean(gxx)[0]), float(cv2.mean(gyy)[0]), float(cv2.mean(gx * gy)[0])
     energy = jxx + jyy + 1e-6
     mh, mw = mid.shape
     cy, cx = mh // 4, mw // 4
-    center = cv2.mean(gx[cy:-cy, cx:-cx] ** 2 + gy[cy:-cy, cx:-cx] ** 2)[0] + 1e-6
+    center = cv2.mean(gxx[cy:-cy, cx:-cx] + gyy[cy:-cy, cx:-cx])[0] + 1e-6
     mid_std = float(cv2.meanStdDev(mid)[1][0, 0])
     # The finest octave's gradient energy against the next coarser one: gain, offset and added
     # low-frequency light (fog's airlight, a vignette, a lamp) scale both alike, while every
@@ -196,8 +197,7 @@ def _frame_properties(frame: np.ndarray, out: np.ndarray, i: int) -> np.ndarray:
     blockiness = _blockiness(steps)
     if rows.shape[1] >= 4:
         span = np.abs(rows[:, 3:] - rows[:, :-3]) > TEXTURE_SPAN  # pixels x-1 .. x+2 around step x
-        textured = steps[:, 1:-1] [span]
-        flat_pairs = float(np.count_nonzero(textured == 0)) / max(textured.size, 1)
+        flat_pairs = float(np.count_nonzero((steps[:, 1:-1] == 0) & span)) / max(np.count_nonzero(span), 1)
     else:
         flat_pairs = 0.0
 
