@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", default="", help="comma-separated substrings of fault names (default: all)")
     parser.add_argument("--exporter-arg", action="append", default=[], metavar="K=V", help="Exporter keyword argument for the clips part (repeatable)")
     parser.add_argument("--clips", default="", help=f"clips part: comma-separated clip names (default: all of {', '.join(material.CLIPS)})")
+    parser.add_argument("--stride", type=int, default=1, help="clips part: play every N-th frame (samples spaced in time, as the exporter spaces them)")
     parser.add_argument("--reference-part", action="store_true", help="clips: learn from every frame of the clip's reference part (reference_period_s=0, reference_frames=its length)")
     parser.add_argument("--out", type=Path, default=None, help="results JSON (default: benchmarks/results/real_footage_<set>[_quick].json)")
     args = parser.parse_args(argv)
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(clips) - set(material.CLIPS))
         if unknown:
             parser.error(f"unknown clips {unknown}; choose from {sorted(material.CLIPS)}")
-        results["clips"] = run_and_print_clips(args.set, faults, args.quick, exporter_args, title, explicit_faults=bool(args.faults), reference_part=args.reference_part, clips=clips)
+        results["clips"] = run_and_print_clips(args.set, faults, args.quick, exporter_args, title, explicit_faults=bool(args.faults), reference_part=args.reference_part, clips=clips, stride=args.stride)
     out = args.out or RESULTS / f"real_footage_{args.set}{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=_json_default))

@@ -79,6 +79,7 @@ class ClipPlan:
     max_reference_frames: int = 5_000  # give up when a source is still learning after this many
     fps: float = 0.0  # pace the feed at this many frames per second per source (0: flat out)
     reference_part: bool = False  # learn from every frame of the clip's reference part (overrides reference_* args)
+    stride: int = 1  # play every stride-th frame of each clip (samples spaced in time)
 
     @classmethod
     def quick(cls) -> "ClipPlan":
@@ -392,7 +393,7 @@ def run_clips(
 ) -> dict[str, Any]:
     groups, scored = [], []
     for clip in plan.clips:
-        stream = material.clip_stream(clip)
+        stream = material.clip_stream(clip, stride=plan.stride)
         runs = _runs(clip, stream, faults, plan, set_name, explicit)
         h, w = stream.rest.shape[1:3]
         per_worker = max(1, plan.sources_per_worker // 4) if h * w > 640 * 480 else plan.sources_per_worker
@@ -510,11 +511,12 @@ def run_and_print_clips(
     explicit_faults: bool,
     reference_part: bool = False,
     clips: tuple[str, ...] = tuple(material.CLIPS),
+    stride: int = 1,
 ) -> dict[str, Any]:
     base = ClipPlan.quick() if quick else ClipPlan()
     # the chosen clips; faults on those of them the plan puts faults on (or on all, if none)
     fault_clips = tuple(c for c in base.fault_clips if c in clips) or clips
-    plan = dataclasses.replace(base, reference_part=reference_part, clips=clips, fault_clips=fault_clips)
+    plan = dataclasses.replace(base, reference_part=reference_part, clips=clips, fault_clips=fault_clips, stride=stride)
     chosen = faults if explicit_faults else [material.FAULTS[name] for name in CLIP_FAULTS]
     started = time.perf_counter()
     result = run_clips(set_name, chosen, plan, exporter_args, progress=lambda s: print(f"clips: {s}", file=sys.stderr, flush=True), explicit=explicit_faults)

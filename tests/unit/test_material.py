@@ -45,6 +45,16 @@ def test_clips_decode_to_rgb_with_their_real_sizes():
     assert 0.5 < diff < 20
 
 
+def test_a_clip_played_with_a_stride_keeps_every_nth_frame_at_its_rate():
+    whole, spaced = material.clip_stream("carphone"), material.clip_stream("carphone", stride=3)
+    assert spaced.fps == pytest.approx(whole.fps / 3)
+    frames = np.concatenate([whole.reference, whole.rest])
+    assert np.array_equal(np.concatenate([spaced.reference, spaced.rest]), frames[::3])
+    assert spaced.distorted_rest is not None and spaced.distorted_rest.shape == spaced.rest.shape
+    with pytest.raises(ValueError):
+        material.clip_stream("carphone", stride=0)
+
+
 def test_ping_pong_never_repeats_a_frame_back_to_back():
     index = material.ping_pong(5, 20, start=3)
     assert index.min() == 0 and index.max() == 4
