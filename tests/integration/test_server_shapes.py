@@ -64,8 +64,11 @@ def monitoring_workers(run_dir: Path) -> list[int]:
 
 
 def load(url: str, requests: int, pace_s: float = 0.0, threads: int = 6) -> list[dict]:
-    """A bounded load client: ``requests`` POSTs from a few threads."""
-    with httpx.Client(timeout=30) as client:
+    """A bounded load client: ``requests`` POSTs from a few threads, each on a new connection:
+    the server's processes share one listening socket, and the kernel may hand the few
+    keep-alive connections of a pool all to one of them (seen: 60 requests on 6 connections,
+    all served by one of two uvicorn workers)."""
+    with httpx.Client(timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as client:
 
         def one(_: int) -> dict:
             reply = client.post(url)
