@@ -56,12 +56,17 @@ def test_colour_cast_is_log_ratio_of_channel_edge_strengths():
     assert p["cast_b"][0] == pytest.approx(0.0, abs=0.01)
 
 
+def _uneven_airlight(shape: tuple[int, int]) -> np.ndarray:
+    """Fog's airlight as a smooth, uneven grey field (H, W, 1) of 30-150 levels."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    return (90 + 60 * np.sin(xx / 130.0) * np.cos(yy / 110.0))[..., None]
+
+
 def test_fine_detail_falls_under_blur_but_not_under_fog_gain_or_offset():
     """Sharpness relative to contrast falls when a smooth field of light is added (fog's
     airlight) although no edge lost steepness; the fine octave's share of gradient energy does not."""
     scene = photos.fit(photos.load("coffee"), (480, 640)).astype(np.float32)
-    yy, xx = np.mgrid[0:480, 0:640].astype(np.float32)
-    airlight = (90 + 60 * np.sin(xx / 130.0) * np.cos(yy / 110.0))[..., None]  # smooth, uneven fog
+    airlight = _uneven_airlight((480, 640))
     views = {
         "clean": scene,
         "fog": 0.6 * scene + airlight,
@@ -176,9 +181,7 @@ def test_colour_cast_follows_a_white_balance_gain_not_a_red_coat_or_fog():
     coat[180:380, 400:480] = (210, 25, 30)  # a red coat, 5 % of the view
     assert np.abs(cast(coat) - cast(cat)).max() < MIN_CAST / 2
     scene = photos.fit(photos.load("astronaut"), (480, 640))
-    yy, xx = np.mgrid[0:480, 0:640].astype(np.float32)
-    airlight = (90 + 60 * np.sin(xx / 130.0) * np.cos(yy / 110.0))[..., None]
-    foggy = np.clip(0.6 * scene.astype(np.float32) + airlight, 0, 255).astype(np.uint8)
+    foggy = np.clip(0.6 * scene.astype(np.float32) + _uneven_airlight((480, 640)), 0, 255).astype(np.uint8)
     assert np.abs(cast(foggy) - cast(scene)).max() < MIN_CAST / 2
     warm = np.clip(scene.astype(np.float32) * (1.0, 1.0, 0.9), 0, 255).astype(np.uint8)
     assert cast(warm)[1] - cast(scene)[1] == pytest.approx(np.log(0.9), abs=0.02)

@@ -46,6 +46,9 @@ class SortedSample:
     median: float
     spread: float
 
+    def __len__(self) -> int:
+        return int(self.values.size)
+
     @classmethod
     def of(cls, values: np.ndarray) -> "SortedSample":
         ordered = np.sort(np.asarray(values, dtype=np.float64))
@@ -73,7 +76,7 @@ def ks_property_tests(
     ``reference`` values may be :class:`SortedSample` (sorted once for many tests).
     Returns tests sorted by adjusted q-value (most significant first).
     """
-    names = [n for n in reference if n in current and len(_values(reference[n])) > 0 and len(current[n]) > 0]
+    names = [n for n in reference if n in current and len(reference[n]) > 0 and len(current[n]) > 0]
     if not names:
         return []
     raw = []
@@ -101,8 +104,3 @@ def ks_property_tests(
         )
     tests.sort(key=lambda t: (t.q_value, -t.statistic))
     return tests
-
-
-def _values(sample: np.ndarray | SortedSample) -> np.ndarray:
-    return sample.values if isinstance(sample, SortedSample) else sample
-
