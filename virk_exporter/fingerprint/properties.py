@@ -102,6 +102,7 @@ def _blockiness(steps: np.ndarray) -> float:
 
 CAST_VIEW = (80, 60)  # the colour cast's view: coarser than any codec's half-resolution chroma
 CAST_CELLS = (6, 8)  # rows, columns of the cast's cells (10x10 pixels of CAST_VIEW each)
+_CAST_CELL_PIXELS = (CAST_VIEW[0] // CAST_CELLS[1]) * (CAST_VIEW[1] // CAST_CELLS[0])
 
 
 def _colour_cast(small_rgb: np.ndarray) -> tuple[float, float]:
@@ -121,10 +122,9 @@ def _colour_cast(small_rgb: np.ndarray) -> tuple[float, float]:
     gx = cv2.Sobel(view, cv2.CV_16S, 1, 0, ksize=3)
     gy = cv2.Sobel(view, cv2.CV_16S, 0, 1, ksize=3)
     edges = (np.abs(gx) + np.abs(gy)).astype(np.float32)
-    cell_pixels = (CAST_VIEW[0] // CAST_CELLS[1]) * (CAST_VIEW[1] // CAST_CELLS[0])
     # Area resizing to the cell grid averages each cell; + 1 / pixels is + 1 on a cell's sum
     # (a flat cell reads as no cast, not as 0 / 0).
-    strength = cv2.resize(edges, CAST_CELLS[::-1], interpolation=cv2.INTER_AREA).reshape(-1, 3) + 1.0 / cell_pixels
+    strength = cv2.resize(edges, CAST_CELLS[::-1], interpolation=cv2.INTER_AREA).reshape(-1, 3) + 1.0 / _CAST_CELL_PIXELS
     total = strength.sum(axis=1)
     cells = strength[total >= np.median(total)]
     ratios = np.median(np.log(cells[:, 0::2] / cells[:, 1:2]), axis=0)
