@@ -78,10 +78,10 @@ def demo(duration: float, fps: float, host: str, port: int, store: str | None, s
     from rich.console import Console
 
     from virk_exporter.demo.app import run
-    from virk_exporter.commands.lifecycle import sigterm_as_interrupt
+    from virk_exporter.commands.lifecycle import stop_signals_as_interrupt
     from virk_exporter.http.server import PortInUseError
 
-    sigterm_as_interrupt()  # the demo's finally drains and closes the exporter
+    stop_signals_as_interrupt()  # the demo's finally drains and closes the exporter
     try:
         summary = run(duration=duration, fps=fps, host=host, port=port, store=store, seed=seed, console=Console(), self_page=self_page, cycle=cycle)
     except PortInUseError as problem:
@@ -108,11 +108,11 @@ def serve(frames_path: str, model: str, reference_path: str | None, store: str |
     from rich.console import Console
 
     from virk_exporter.caller.exporter import Exporter
-    from virk_exporter.commands.lifecycle import sigterm_as_interrupt
+    from virk_exporter.commands.lifecycle import stop_signals_as_interrupt
     from virk_exporter.reference.build import read_frames
     from virk_exporter.http.server import PortInUseError
 
-    sigterm_as_interrupt()  # drain and close on SIGTERM as on Ctrl-C
+    stop_signals_as_interrupt()  # drain and close on SIGTERM or SIGINT, even if SIGINT came ignored
     frames = _frames_or_fail(read_frames, frames_path)
     exporter = Exporter(model=model, reference=reference_path, store=store, webhook_token=webhook_token, reference_period_s=reference_period_s)
     try:

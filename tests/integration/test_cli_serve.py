@@ -24,6 +24,8 @@ def test_serve_watches_a_directory_of_cameras(tmp_path):
         [sys.executable, "-m", "virk_exporter.cli", "serve", "--frames", str(tmp_path / "frames"), "--model", "recorded",
          "--port", str(port), "--fps", "200", "--store", str(tmp_path / "store")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # as a script's `serve ... &` starts it: SIGINT inherited ignored, so Python sets no handler itself
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         def counted():
