@@ -357,6 +357,26 @@ def camera_frames(photo: tuple[str, str], n: int, size: tuple[int, int], seed: i
     return out
 
 
+def object_enters(frames: np.ndarray, donor: np.ndarray, area: float, dim: float, seed: int) -> np.ndarray:
+    """Content, not a fault: an object comes into a fixed camera's view and stays (a person
+    standing, a parked car, a box set down). A soft-edged upright ellipse of ``area`` of the view
+    shows a part of ``donor`` (another scene, in focus), lit like the region it covers times
+    ``dim`` (objects are often darker than the floor), at the same place in every frame."""
+    rng = np.random.default_rng(seed)
+    h, w = frames.shape[1:3]
+    ry = np.sqrt(area * h * w * 2.5 / np.pi)  # upright, 2.5 times as tall as wide
+    rx = ry / 2.5
+    cy, cx = rng.uniform(ry, max(ry + 1, h - ry)), rng.uniform(rx, max(rx + 1, w - rx))
+    y, x = np.ogrid[:h, :w]
+    inside = (((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1).astype(np.float32)
+    alpha = cv2.GaussianBlur(inside, (0, 0), max(1.0, w / 320))[..., None]
+    region = inside > 0
+    level = float(frames[:, region].mean()) if region.any() else float(frames.mean())
+    thing = donor.astype(np.float32)
+    thing = thing * (dim * level / max(float(thing[region].mean()) if region.any() else float(thing.mean()), 1.0))
+    return np.clip(frames * (1.0 - alpha) + thing[None] * alpha, 0, 255).astype(np.uint8)
+
+
 # ---------------------------------------------------------------------------- shims
 
 

@@ -16,7 +16,10 @@ newest ``test_every`` samples alone flag counting among the consecutive ones, as
 * clean: the single-test false-alarm rate on fresh clean samples of the same camera;
 * content: from the onset the camera shows the set's next photograph (a scene cut, a re-aimed
   camera): a capture alarm there (on within the first five tests) names a
-  capture cause for content, the failure counted.
+  capture cause for content, the failure counted;
+* an object enters and stays (``material.object_enters``: a part of the next photograph in a
+  soft upright ellipse of 3, 6 or 10 % of the view, as lit as the region or darker): content
+  too, a capture alarm there counted the same way.
 
 Only the capture test runs (the embedding test needs the exporter's embedder; it can only add
 alarms). The vibration is independent from frame to frame, an easier null than real footage:
@@ -54,6 +57,8 @@ WINDOW, EVERY, P_VAL = default("window"), default("test_every"), default("p_val"
 CHUNK = 64  # reference frames made and measured at a time (512 frames of 1280x720 are 1.4 GB)
 SEVERITIES = (2, 4)
 CLEAN_TESTS = 6  # clean windows per photograph and resolution
+OBJECT_AREAS = (0.03, 0.06, 0.10)  # objects entering the view per photograph and resolution: their share of it
+OBJECT_DIMS = np.array([1.0, 0.8, 0.6])  # and their lighting against the region they cover (rotated per photograph)
 
 
 def reference(photo: tuple[str, str], size: tuple[int, int], n: int, seed: int) -> Fingerprinter:
@@ -80,6 +85,13 @@ def _windows(fp: Fingerprinter, frames: np.ndarray) -> list[dict[str, np.ndarray
     return [{k: v[s : s + WINDOW] for k, v in props.items()} for s in range(0, len(frames) - WINDOW + 1, EVERY)]
 
 
+def _content_run(detector: CaptureDetector, fp: Fingerprinter, frames: np.ndarray) -> dict[str, Any]:
+    """Content from the onset (half a window into ``frames``): did a capture alarm come on, and what did it name."""
+    tests = [detector.test(w) for w in _windows(fp, frames)]
+    _, paged = _verdict(tests[:5])
+    return {"paged": paged, "named": sorted({t.diagnosis.top for t in tests if t.drift}), "flagged": sum(t.drift for t in tests)}
+
+
 def run(photographs: tuple[tuple[str, str], ...], faults: list[material.Fault], n_reference: int, progress: Any) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for r_index, size in enumerate(material.RESOLUTIONS):
@@ -97,10 +109,11 @@ def run(photographs: tuple[tuple[str, str], ...], faults: list[material.Fault], 
             fresh = material.camera_frames(photo, WINDOW + EVERY * 3, size, base + 20_000)
             other = photographs[(p_index + 1) % len(photographs)]
             cut = material.camera_frames(other, WINDOW + EVERY * 3, size, base + 30_000)
-            tests = [detector.test(w) for w in _windows(fp, np.concatenate([before, cut]))]
-            _, paged = _verdict(tests[:5])
-            named = sorted({t.diagnosis.top for t in tests if t.drift})
-            rows.append(dict(common, fault="content", severity=0, band="content", paged=paged, named=named, flagged=sum(t.drift for t in tests)))
+            rows.append(dict(common, fault="content", severity=0, band="content", **_content_run(detector, fp, np.concatenate([before, cut]))))
+            for area, dim in zip(OBJECT_AREAS, np.roll(OBJECT_DIMS, p_index)):
+                placed = material.object_enters(fresh, material.scene(other, size), area, dim, seed_of("object", area, photo, size))
+                run = _content_run(detector, fp, np.concatenate([before, placed]))
+                rows.append(dict(common, fault="content/object", severity=0, band="object", area=area, dim=float(dim), **run))
             distinct = None if size[0] * size[1] <= 224 * 168 else 4
             for fault, severity in jobs[p_index]:
                 faulty = fault(fresh, severity, seed_of(fault.name, severity, photo, size), distinct=distinct)
@@ -128,11 +141,12 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     faulty = [r for r in rows if r["band"] in ("1-2", "3-5")]
     clean = [r for r in rows if r["band"] == "clean"]
     content = [r for r in rows if r["band"] == "content"]
+    objects = [r for r in rows if r["band"] == "object"]
 
     def share(items: list[dict[str, Any]], key: str) -> tuple[float, int]:
         return (float(np.mean([r[key] for r in items])) if items else float("nan")), len(items)
 
-    out: dict[str, Any] = {"clean_flagged": share(clean, "flagged"), "clean_recent": share(clean, "recent"), "content_paged": share(content, "paged"), "bands": {}, "by_resolution": {}, "by_family": {}, "missed": defaultdict(int)}
+    out: dict[str, Any] = {"clean_flagged": share(clean, "flagged"), "clean_recent": share(clean, "recent"), "content_paged": share(content, "paged"), "object_paged": share(objects, "paged"), "bands": {}, "by_resolution": {}, "by_family": {}, "missed": defaultdict(int)}
     for b in ("1-2", "3-5"):
         rs = [r for r in faulty if r["band"] == b]
         out["bands"][b] = {k: share(rs, k) for k in ("detected", "within_two")} | {"right": share([r for r in rs if r["detected"]], "right")}
@@ -144,11 +158,13 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if not r["detected"]:
             out["missed"][f"{r['fault']}@{r['severity']}"] += 1
     out["missed"] = dict(sorted(out["missed"].items(), key=lambda kv: -kv[1]))
-    named: dict[str, int] = defaultdict(int)
-    for r in content:
-        for cause in r["named"]:
-            named[cause] += 1
-    out["content_named"] = dict(sorted(named.items()))
+    for key, items in (("content_named", content), ("object_named", objects)):
+        named: dict[str, int] = defaultdict(int)
+        for r in items:
+            for cause in r["named"]:
+                named[cause] += 1
+        out[key] = dict(sorted(named.items()))
+    out["object_paged_by_area"] = {f"{a:.0%}": share([r for r in objects if r["area"] == a], "paged") for a in OBJECT_AREAS}
     return out
 
 
@@ -170,6 +186,8 @@ def report(summary: dict[str, Any], title: str) -> None:
         console.print(table)
     console.print(f"clean single tests flagged: {_pct(summary['clean_flagged'])}; newest samples alone (not an alarm by itself): {_pct(summary['clean_recent'])}")
     console.print(f"another scene from the onset paged as a capture fault: {_pct(summary['content_paged'])}; causes flagged there: {summary['content_named'] or '-'}")
+    by_area = ", ".join(f"{a} {_pct(v)}" for a, v in summary["object_paged_by_area"].items())
+    console.print(f"an object entering the view paged as a capture fault: {_pct(summary['object_paged'])} (by its share of the view: {by_area}); causes flagged there: {summary['object_named'] or '-'}")
     console.print("missed (fault@severity: windows): " + ", ".join(f"{k} {v}" for k, v in summary["missed"].items()))
 
 

@@ -137,6 +137,19 @@ def test_every_fault_corrupts_a_tiny_window(name, frames):
     assert np.array_equal(out, fault(frames, severity, seed=1)), "faults must be reproducible from their seed"
 
 
+@pytest.mark.parametrize("area", [0.03, 0.10])
+def test_an_object_entering_the_view_covers_its_share_in_place_at_the_local_light(area):
+    live = material.camera_frames(material.TUNE[1], 4, (120, 160), seed=3)
+    donor = material.scene(material.TUNE[4], (120, 160))
+    placed = material.object_enters(live, donor, area, 0.6, seed=5)
+    changed = np.abs(placed.astype(int) - live).max(axis=3) > 2
+    assert placed.dtype == np.uint8 and placed.shape == live.shape
+    assert (changed == changed[0]).mean() > 0.97  # the same place in every frame
+    assert area * 0.6 < changed[0].mean() < area * 1.6
+    inside = changed[0]
+    assert placed[:, inside].mean() < live[:, inside].mean()  # lit darker than the region it covers
+
+
 def test_frozen_feed_holds_frames_and_cycling_keeps_consecutive_frames_distinct(frames):
     frozen = material.FAULTS["camera/frozen"](frames, 5, seed=0)
     assert all(np.array_equal(f, frozen[0]) for f in frozen)
