@@ -370,10 +370,9 @@ def object_enters(frames: np.ndarray, donor: np.ndarray, area: float, dim: float
     y, x = np.ogrid[:h, :w]
     inside = (((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1).astype(np.float32)
     alpha = cv2.GaussianBlur(inside, (0, 0), max(1.0, w / 320))[..., None]
-    region = inside > 0
-    level = float(frames[:, region].mean()) if region.any() else float(frames.mean())
+    covered = inside > 0
     thing = donor.astype(np.float32)
-    thing = thing * (dim * level / max(float(thing[region].mean()) if region.any() else float(thing.mean()), 1.0))
+    thing *= dim * float(frames[:, covered].mean()) / max(float(thing[covered].mean()), 1.0)
     return np.clip(frames * (1.0 - alpha) + thing[None] * alpha, 0, 255).astype(np.uint8)
 
 
