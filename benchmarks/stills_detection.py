@@ -51,7 +51,7 @@ from virk_exporter.config import default  # noqa: E402
 from virk_exporter.fingerprint import Fingerprinter  # noqa: E402
 from virk_exporter.drift.monitor import Hysteresis  # noqa: E402
 from virk_exporter.fingerprint.detector import CaptureDetector, CaptureResult  # noqa: E402
-from virk_exporter.fingerprint.properties import compute_properties_and_smalls  # noqa: E402
+from virk_exporter.fingerprint.properties import compute_samples  # noqa: E402
 
 WINDOW, EVERY, P_VAL = default("window"), default("test_every"), default("p_val")
 CHUNK = 64  # reference frames made and measured at a time (512 frames of 1280x720 are 1.4 GB)
@@ -62,9 +62,10 @@ OBJECT_DIMS = np.array([1.0, 0.8, 0.6])  # and their lighting against the region
 
 
 def reference(photo: tuple[str, str], size: tuple[int, int], n: int, seed: int) -> Fingerprinter:
-    parts = [compute_properties_and_smalls(material.camera_frames(photo, min(CHUNK, n - i), size, seed + i)) for i in range(0, n, CHUNK)]
-    props = {k: np.concatenate([p[k] for p, _ in parts]) for k in parts[0][0]}
-    return Fingerprinter.from_samples(props, np.concatenate([s for _, s in parts]), size)
+    parts = [compute_samples(material.camera_frames(photo, min(CHUNK, n - i), size, seed + i)) for i in range(0, n, CHUNK)]
+    props = {k: np.concatenate([p[k] for p, _, _ in parts]) for k in parts[0][0]}
+    smalls, cells = (np.concatenate([part[j] for part in parts]) for j in (1, 2))
+    return Fingerprinter.from_samples(props, smalls, size, cast_cells=cells)
 
 
 def verdict(flags: list[bool], recent: list[bool] | None = None, hysteresis: int = default("hysteresis")) -> tuple[bool, bool]:

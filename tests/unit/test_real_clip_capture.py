@@ -58,7 +58,7 @@ def test_without_a_period_a_learner_takes_the_first_reference_frames():
     frame = np.zeros((1, 8, 8, 3), np.uint8)
     props = {"brightness": np.zeros(1)}
     for i in range(47):
-        learner.add(frame, np.zeros((1, 4), np.float32), props, np.zeros((1, 120, 160)), timestamp=float(i))
+        learner.add(frame, np.zeros((1, 4), np.float32), props, np.zeros((1, 120, 160)), np.ones((1, 48, 3)), timestamp=float(i))
     assert not learner.done(now=1e9), "the minimum is for a period that ended early, not for period 0"
-    learner.add(frame, np.zeros((1, 4), np.float32), props, np.zeros((1, 120, 160)), timestamp=47.0)
+    learner.add(frame, np.zeros((1, 4), np.float32), props, np.zeros((1, 120, 160)), np.ones((1, 48, 3)), timestamp=47.0)
     assert learner.done(now=47.0)

@@ -32,6 +32,7 @@ from virk_exporter.fingerprint.naming import evidence_features, shipped_model
 from virk_exporter.fingerprint.properties import (
     PROPERTY_NAMES,
     compute_properties_and_smalls,
+    compute_samples,
     small_gray,
     to_frames,
 )
@@ -393,23 +394,32 @@ class Fingerprinter:
         if reference_frames is None:  # from_state / from_samples fill the rest
             return
         frames = to_frames(reference_frames, color)
-        props, smalls = compute_properties_and_smalls(frames)
-        self._fit(props, smalls, frames.shape[1:3])
+        props, smalls, cast_cells = compute_samples(frames)
+        self._fit(props, smalls, frames.shape[1:3], cast_cells)
 
     @classmethod
     def from_samples(
-        cls, properties: dict[str, np.ndarray], smalls: np.ndarray, frame_size: tuple[int, int], color: ColorOrder = "rgb", alpha: float = 0.01
+        cls,
+        properties: dict[str, np.ndarray],
+        smalls: np.ndarray,
+        frame_size: tuple[int, int],
+        color: ColorOrder = "rgb",
+        alpha: float = 0.01,
+        cast_cells: np.ndarray | None = None,
     ) -> "Fingerprinter":
-        """From per-frame image properties and small gray views (``compute_properties_and_smalls``)
-        gathered while learning, so a reference never needs its full-size frames in memory."""
+        """From per-frame image properties, small gray views and colour-cast cells
+        (``properties.compute_samples``) gathered while learning, so a reference never needs its
+        full-size frames in memory. Without ``cast_cells`` the cast is each frame's own."""
         fp = cls(None, color=color, alpha=alpha)
-        fp._fit(dict(properties), np.asarray(smalls, np.float32), frame_size)
+        fp._fit(dict(properties), np.asarray(smalls, np.float32), frame_size, cast_cells)
         return fp
 
-    def _fit(self, props: dict[str, np.ndarray], smalls: np.ndarray, frame_size: tuple[int, int]) -> None:
+    def _fit(self, props: dict[str, np.ndarray], smalls: np.ndarray, frame_size: tuple[int, int], cast_cells: np.ndarray | None = None) -> None:
         if len(smalls) < 8:
             raise ValueError(f"need at least 8 reference frames, got {len(smalls)}")
-        self.reference_view = ReferenceView.from_smalls(smalls, tuple(frame_size))
+        self.reference_view = ReferenceView.from_smalls(smalls, tuple(frame_size), cast_cells)
+        if self.reference_view.cast is not None:  # the reference's own cast against its cells, as live frames' will be
+            props["cast_r"], props["cast_b"] = self.reference_view.cast.casts(cast_cells).T
         props.update(_cross_fitted_geometry(smalls, tuple(frame_size)))
         # Kept in time order (NaNs included): the capture detector replays them block by block.
         self.reference_series = {k: np.asarray(v, np.float64) for k, v in props.items()}

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 from scipy import fft as sp_fft
 
+from virk_exporter.fingerprint.cast import CastReference
 from virk_exporter.fingerprint.view import SMALL
 
 LOWPASS_SIGMA = 0.12  # cycles/pixel: phase correlation trusts the frequencies blur keeps
@@ -46,19 +47,23 @@ class ReferenceView:
     cell_mean: np.ndarray  # (6, 8) median over reference frames of cell means
     cell_std: np.ndarray  # (6, 8) median over reference frames of cell stds
     frame_size: np.ndarray  # (2,) reference frame (height, width)
+    cast: CastReference | None = None  # the colour cast's cells (None: a reference saved without them)
 
     @classmethod
-    def from_smalls(cls, smalls: np.ndarray, frame_size: tuple[int, int]) -> "ReferenceView":
+    def from_smalls(cls, smalls: np.ndarray, frame_size: tuple[int, int], cast_cells: np.ndarray | None = None) -> "ReferenceView":
+        """``cast_cells``: the samples' colour-cast cell strengths (``properties.compute_samples``)."""
         means, stds = _cells(smalls)
         return cls(
             view=smalls.mean(axis=0).astype(np.float32),
             cell_mean=np.median(means, axis=0),
             cell_std=np.median(stds, axis=0),
             frame_size=np.asarray(frame_size, dtype=np.int64),
+            cast=None if cast_cells is None else CastReference.from_strengths(cast_cells),
         )
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"view": self.view, "cell_mean": self.cell_mean, "cell_std": self.cell_std, "frame_size": self.frame_size}
+        out = {"view": self.view, "cell_mean": self.cell_mean, "cell_std": self.cell_std, "frame_size": self.frame_size}
+        return out | (self.cast.state() if self.cast is not None else {})
 
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray]) -> "ReferenceView":
@@ -67,6 +72,7 @@ class ReferenceView:
             cell_mean=np.asarray(state["cell_mean"], np.float64),
             cell_std=np.asarray(state["cell_std"], np.float64),
             frame_size=np.asarray(state["frame_size"], np.int64),
+            cast=CastReference.from_state(state),
         )
 
 

@@ -10,7 +10,7 @@ Buffers (for a 640x480 frame):
 * ``mid``  320x240 gray, area-averaged: gradients (sharpness, anisotropy) and specks.
 * ``small`` 160x120 RGB/gray, area-averaged: brightness, colour, clipping, haze, frame
   differences and geometry (``geometry.py``).
-* ``CAST_VIEW`` 80x60 RGB, area-averaged from ``small``: the colour cast's edges.
+* ``cast.CAST_VIEW`` 80x60 RGB, area-averaged from ``small``: the colour cast's edges (``cast.py``).
 * A full-resolution 320x240 central crop of green: noise and specks, because averaging would
   remove the very noise we want to measure (and decimation aliases texture into it).
 * Every 4th full-resolution row of green: JPEG blockiness and pixelation, which live on the
@@ -24,6 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from virk_exporter.fingerprint.cast import N_CAST_CELLS, CastReference, cell_strengths, own_cast
 from virk_exporter.fingerprint.view import SMALL
 from virk_exporter.frames import ColorOrder, normalize_any
 
@@ -53,7 +54,7 @@ PROPERTY_NAMES: tuple[str, ...] = (
     "specks_dark",  # fraction much darker (pepper)
     "impulses",  # fraction of saturated (0 or 255) pixels far from their 3x3 median: salt-and-pepper
     "saturation",  # mean HSV saturation, 0..255
-    "cast_r",  # log(R / G edge strength), median over 6x8 cells at 80x60: colour cast (white balance)
+    "cast_r",  # log(R / G edge strength) per 6x8 cell at 80x60, median change vs the reference's cells (cast.py)
     "cast_b",  # log(B / G edge strength)
     "highlights",  # fraction of clipped highlights (gray >= 250)
     "shadows",  # fraction of crushed shadows (gray <= 5)
@@ -63,6 +64,7 @@ PROPERTY_NAMES: tuple[str, ...] = (
     "frame_diff",  # mean |gray_t - gray_{t-1}| at 160x120; 0 for a repeated frame (keep last)
 )
 _DIFF = PROPERTY_NAMES.index("frame_diff")
+_CAST_R, _CAST_B = PROPERTY_NAMES.index("cast_r"), PROPERTY_NAMES.index("cast_b")
 
 
 def to_frames(frames: Any, color: ColorOrder = "rgb") -> np.ndarray:
@@ -100,45 +102,15 @@ def _blockiness(steps: np.ndarray) -> float:
     return float((top[-1] - top[-2]) / (phases.mean() + 1e-3))
 
 
-CAST_VIEW = (80, 60)  # the colour cast's view: coarser than any codec's half-resolution chroma
-CAST_CELLS = (6, 8)  # rows, columns of the cast's cells (10x10 pixels of CAST_VIEW each)
-_CAST_CELL_PIXELS = (CAST_VIEW[0] // CAST_CELLS[1]) * (CAST_VIEW[1] // CAST_CELLS[0])
-
-
-def _colour_cast(small_rgb: np.ndarray) -> tuple[float, float]:
-    """log(R / G) and log(B / G) of edge strength: per cell, then the median over the cells
-    that hold the stronger half of the edges.
-
-    A white-balance error scales one channel everywhere, so every cell's R/G edge-contrast ratio
-    moves by the same factor; fog, exposure and contrast change all channels alike and leave the
-    ratio (a ratio of *spreads* over the frame fell by 0.2-0.26 under ImageNet-C fog on three of
-    five photographs). Anything that covers part of the view (a passer-by in a red coat, a dark
-    coloured occluder, a flare) moves only the cells it covers, which the median over cells
-    ignores; a per-edge middle half still moved by 0.1 under an occluder of 10-30 % of the view
-    (TUNE photographs; 0.02 this way). At 80x60 a codec's half-resolution chroma and sensor
-    noise are averaged away (JPEG and h264 moved the per-edge ratio at 160x120 by 0.05).
-    """
-    view = cv2.resize(small_rgb, CAST_VIEW, interpolation=cv2.INTER_AREA)
-    gx = cv2.Sobel(view, cv2.CV_16S, 1, 0, ksize=3)
-    gy = cv2.Sobel(view, cv2.CV_16S, 0, 1, ksize=3)
-    edges = (np.abs(gx) + np.abs(gy)).astype(np.float32)
-    # Area resizing to the cell grid averages each cell; + 1 / pixels is + 1 on a cell's sum
-    # (a flat cell reads as no cast, not as 0 / 0).
-    strength = cv2.resize(edges, CAST_CELLS[::-1], interpolation=cv2.INTER_AREA).reshape(-1, 3) + 1.0 / _CAST_CELL_PIXELS
-    total = strength.sum(axis=1)
-    cells = strength[total >= np.median(total)]
-    ratios = np.median(np.log(cells[:, 0::2] / cells[:, 1:2]), axis=0)
-    return float(ratios[0]), float(ratios[1])
-
-
 def _gradient_energy(gray: np.ndarray) -> float:
     gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
     return float(cv2.mean(gx * gx)[0] + cv2.mean(gy * gy)[0]) + 1e-6
 
 
-def _frame_properties(frame: np.ndarray, out: np.ndarray, i: int) -> np.ndarray:
-    """Fill row ``i`` of ``out`` (one column per PROPERTY_NAMES entry); return the small gray."""
+def _frame_properties(frame: np.ndarray, out: np.ndarray, cells: np.ndarray, i: int) -> np.ndarray:
+    """Fill row ``i`` of ``out`` (one column per PROPERTY_NAMES entry; the cast without a
+    reference) and of ``cells`` (the cast's cell strengths); return the small gray."""
     h, w = frame.shape[:2]
     mid_rgb = cv2.resize(frame, MID, interpolation=cv2.INTER_AREA)
     small_rgb = cv2.resize(mid_rgb, SMALL, interpolation=cv2.INTER_AREA)
@@ -188,7 +160,8 @@ def _frame_properties(frame: np.ndarray, out: np.ndarray, i: int) -> np.ndarray:
 
     hsv = cv2.cvtColor(small_rgb, cv2.COLOR_RGB2HSV)
     saturation = float(cv2.mean(hsv[..., 1])[0])
-    cast_r, cast_b = _colour_cast(small_rgb)
+    cells[i] = cell_strengths(small_rgb)
+    cast_r, cast_b = own_cast(cells[i])
     highlights = cv2.countNonZero(cv2.threshold(small, 249, 255, cv2.THRESH_BINARY)[1]) / small.size
     shadows = cv2.countNonZero(cv2.threshold(small, 5, 255, cv2.THRESH_BINARY_INV)[1]) / small.size
 
@@ -230,16 +203,21 @@ def _frame_properties(frame: np.ndarray, out: np.ndarray, i: int) -> np.ndarray:
     return small.astype(np.float32)
 
 
-def _compute(frames: np.ndarray, previous_small: np.ndarray | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _compute(
+    frames: np.ndarray, previous_small: np.ndarray | None, cast: CastReference | None = None
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     n = len(frames)
     values = np.empty((n, len(PROPERTY_NAMES)), dtype=np.float64)
     smalls = np.empty((n, SMALL[1], SMALL[0]), dtype=np.float32)
+    cells = np.empty((n, N_CAST_CELLS, 3), dtype=np.float32)
     for i in range(n):  # per frame: every operation inside is a vectorized OpenCV call
-        smalls[i] = _frame_properties(frames[i], values, i)
+        smalls[i] = _frame_properties(frames[i], values, cells, i)
     if n:
         first = np.nan if previous_small is None else float(np.abs(smalls[0] - previous_small).mean())
         values[:, _DIFF] = np.concatenate([[first], np.abs(np.diff(smalls, axis=0)).mean(axis=(1, 2))])
-    return {name: values[:, k].copy() for k, name in enumerate(PROPERTY_NAMES)}, smalls
+        if cast is not None:
+            values[:, [_CAST_R, _CAST_B]] = cast.casts(cells)
+    return {name: values[:, k].copy() for k, name in enumerate(PROPERTY_NAMES)}, smalls, cells
 
 
 def compute_properties(
@@ -272,11 +250,25 @@ def compute_properties_and_smalls(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """:func:`compute_properties` plus the (N, 120, 160) float32 gray views it worked on,
     which a reference keeps for geometry."""
+    props, smalls, _ = compute_samples(frames, previous=previous, reference=reference, color=color)
+    return props, smalls
+
+
+def compute_samples(
+    frames: Any,
+    *,
+    previous: Any = None,
+    reference: Any = None,
+    color: ColorOrder = "rgb",
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """:func:`compute_properties_and_smalls` plus each frame's (N_CAST_CELLS, 3) colour-cast cell
+    strengths, which a reference keeps for the cast (``cast.CastReference``). With a
+    ``reference`` that holds its cells the cast is measured against them."""
     frames = to_frames(frames, color)
     previous_small = None if previous is None else small_gray(to_frames(previous, color)[-1])
-    props, smalls = _compute(frames, previous_small)
+    props, smalls, cells = _compute(frames, previous_small, None if reference is None else reference.cast)
     if reference is not None:
         from virk_exporter.fingerprint.geometry import compute_geometry
 
         props.update(compute_geometry(smalls, reference))
-    return props, smalls
+    return props, smalls, cells

@@ -88,6 +88,7 @@ class Learner:
         self.embeddings: list[np.ndarray] = []
         self.properties: list[dict[str, np.ndarray]] = []
         self.smalls: list[np.ndarray] = []  # uint8 (120, 160) per sample
+        self.cast_cells: list[np.ndarray] = []  # float32 (N_CAST_CELLS, 3) per sample
         self.sizes: Counter[tuple[int, int]] = Counter()
         self.thumbnails: list[np.ndarray] = []
         self.thumbnail_every = max(1, cap // N_THUMBNAILS)
@@ -96,7 +97,9 @@ class Learner:
     def count(self) -> int:
         return len(self.smalls)
 
-    def add(self, frames: np.ndarray, embeddings: np.ndarray, properties: dict[str, np.ndarray], smalls: np.ndarray, timestamp: float) -> None:
+    def add(
+        self, frames: np.ndarray, embeddings: np.ndarray, properties: dict[str, np.ndarray], smalls: np.ndarray, cast_cells: np.ndarray, timestamp: float
+    ) -> None:
         if self.started is None:
             self.started = timestamp
         for i, frame in enumerate(frames):
@@ -104,6 +107,7 @@ class Learner:
                 self.thumbnails.append(thumbnail(frame))
             self.smalls.append(np.clip(smalls[i], 0, 255).astype(np.uint8))
             self.sizes[(int(frame.shape[0]), int(frame.shape[1]))] += 1
+        self.cast_cells.extend(np.asarray(cast_cells, np.float32))
         self.embeddings.append(np.asarray(embeddings, np.float32))
         self.properties.append(properties)
 
@@ -119,7 +123,7 @@ class Learner:
         names = self.properties[0].keys()
         series = {k: np.concatenate([p[k] for p in self.properties]) for k in names}
         frame_size = self.sizes.most_common(1)[0][0]  # an odd frame size must not define the view
-        fingerprinter = Fingerprinter.from_samples(series, np.stack(self.smalls).astype(np.float32), frame_size)
+        fingerprinter = Fingerprinter.from_samples(series, np.stack(self.smalls).astype(np.float32), frame_size, cast_cells=np.stack(self.cast_cells))
         return Baseline(np.concatenate(self.embeddings), fingerprinter, self.thumbnails, "learned", learned_at=now)
 
 

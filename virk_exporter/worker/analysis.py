@@ -27,7 +27,7 @@ from virk_exporter.drift.monitor import DriftUpdate, Hysteresis, SourceDriftMoni
 from virk_exporter.drift.slices import TOP_K, SliceTracker
 from virk_exporter.embed.embedders import OutputsEmbedder
 from virk_exporter.fingerprint import CaptureDetector, CaptureResult
-from virk_exporter.fingerprint.properties import compute_properties_and_smalls
+from virk_exporter.fingerprint.properties import compute_samples
 from virk_exporter.reference.baseline import Baseline, Detectors, Learner, Sampler, sample_spacing
 from virk_exporter.worker.baselines import Baselines
 from virk_exporter.worker.publishing import Publisher
@@ -258,8 +258,8 @@ class Analysis:
         with self.stages.stage("reference"):
             if isinstance(self.embedder, OutputsEmbedder) and outputs is None:
                 raise ValueError("embedder='outputs' needs per-frame scores ([N, K]) returned by predict")
-            props, smalls = compute_properties_and_smalls(frames, previous=state.previous_frame)
-            state.learner.add(frames, self._features(frames, outputs), props, smalls, timestamp)
+            props, smalls, cast_cells = compute_samples(frames, previous=state.previous_frame)
+            state.learner.add(frames, self._features(frames, outputs), props, smalls, cast_cells, timestamp)
             state.previous_frame = frames[-1]
             self.publisher.learning(state.name, state.learner.count)
             if not state.learner.done(timestamp):
