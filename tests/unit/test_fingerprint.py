@@ -239,15 +239,15 @@ def test_darker_frames_with_new_streaks_in_each_are_rain_and_plain_darkening_is_
 
 def test_the_newest_samples_of_a_window_get_their_own_calibrated_look():
     from virk_exporter.fingerprint import CaptureDetector
-    from virk_exporter.fingerprint.properties import compute_properties_and_smalls
+    from virk_exporter.fingerprint.properties import compute_samples
 
     reference = photos.camera_stream(photos.load("coffee"), 128, size=(120, 160), seed=0)
-    props, smalls = compute_properties_and_smalls(reference)
-    detector = CaptureDetector(Fingerprinter.from_samples(props, smalls, (120, 160)), 16, p_val=0.01, recent=8)
+    props, smalls, cells = compute_samples(reference)
+    detector = CaptureDetector(Fingerprinter.from_samples(props, smalls, (120, 160), cast_cells=cells), 16, p_val=0.01, recent=8)
     live = photos.camera_stream(photos.load("coffee"), 40, size=(120, 160), seed=1)
 
     def tests(frames):
-        measured, _ = compute_properties_and_smalls(frames, previous=reference[-1], reference=detector.fingerprinter.reference_view)
+        measured = compute_properties(frames, previous=reference[-1], reference=detector.fingerprinter.reference_view)
         return [detector.test({k: v[s : s + 16] for k, v in measured.items()}) for s in range(0, len(frames) - 15, 8)]
 
     assert not any(t.drift or t.recent_drift for t in tests(live))

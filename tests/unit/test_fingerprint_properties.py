@@ -6,7 +6,7 @@ import pytest
 
 from virk_exporter.demo import photos
 from virk_exporter.fingerprint import GEOMETRY_NAMES, PROPERTY_NAMES, ReferenceView, compute_properties
-from virk_exporter.fingerprint.properties import compute_properties_and_smalls
+from virk_exporter.fingerprint.properties import compute_samples
 
 
 def flat(value, n=2, size=(48, 64)):
@@ -114,7 +114,7 @@ def test_flat_pairs_counts_equal_neighbours_in_nearest_upscaled_frames():
 
 def test_geometry_measures_a_known_shift_and_rotation():
     ref = photos.camera_stream("astronaut", 8, seed=0)
-    _, smalls = compute_properties_and_smalls(ref)
+    _, smalls, _ = compute_samples(ref)
     view = ReferenceView.from_smalls(smalls, ref.shape[1:3])
     moved = np.stack([cv2.warpAffine(f, np.float32([[1, 0, 12], [0, 1, -9]]), (640, 480), borderMode=cv2.BORDER_REFLECT101) for f in ref[:3]])
     p = compute_properties(moved, reference=view)
@@ -130,7 +130,7 @@ def test_geometry_measures_a_known_shift_and_rotation():
 
 def test_occlusion_residual_is_local_and_ignores_global_gain():
     ref = photos.camera_stream("coffee", 8, seed=0)
-    _, smalls = compute_properties_and_smalls(ref)
+    _, smalls, _ = compute_samples(ref)
     view = ReferenceView.from_smalls(smalls, ref.shape[1:3])
     brighter = np.clip(ref[:2].astype(np.float32) * 1.1, 0, 255).astype(np.uint8)
     blocked = ref[:2].copy()

