@@ -10,7 +10,7 @@ from virk_exporter.demo import corruptions
 
 from virk_exporter.demo import photos
 from virk_exporter.fingerprint import VOCABULARY, Fingerprinter, compute_properties
-from virk_exporter.fingerprint.causes import MIN_SCORE
+from virk_exporter.fingerprint.causes import MIN_CAST, MIN_SCORE
 
 N = 24  # frames per test window: enough for the KS tests, fast enough for CI
 
@@ -88,6 +88,32 @@ def _point_lights(size=(480, 640), seed=0):
     for y, x in zip(rng.integers(0, size[0], 400), rng.integers(0, size[1], 400)):
         cv2.circle(scene, (int(x), int(y)), int(rng.integers(1, 4)), tuple(float(c) for c in rng.uniform(120, 255, 3)), -1)
     return np.clip(scene, 0, 255).astype(np.uint8)
+
+
+def _textured_veil(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """Fog's airlight as a bright grey field with texture of its own (ImageNet-C's plasma
+    fractal, coarse to fine): 150-240 levels, (H, W, 1)."""
+    h, w = shape
+    rng = np.random.default_rng(seed)
+    octaves = [cv2.resize(rng.uniform(0, 1, (h // s + 1, w // s + 1)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC) / 2**i for i, s in enumerate((64, 16, 4))]
+    veil = sum(octaves)
+    return (150 + 90 * (veil - veil.min()) / (veil.max() - veil.min()))[..., None]
+
+
+def test_a_veil_that_pulls_channel_ratios_to_grey_is_not_a_colour_shift():
+    """A textured grey veil over a tinted scene pulls every cell's edge channel ratios toward
+    neutral (a cast past MIN_CAST) while it lifts the dark channel and the brightness together,
+    which a white-balance gain on the same stream does not."""
+    tint = np.array([1.0, 0.85, 0.6], np.float32)  # a warm scene: its cells' ratios are far from grey
+    ref = np.clip(photos.camera_stream("coffee", 64, seed=0) * tint, 0, 255).astype(np.uint8)
+    live = photos.camera_stream("coffee", N, seed=1) * tint
+    fp = Fingerprinter(ref)
+    fog = fp.diagnose(np.clip(0.5 * live + 0.5 * _textured_veil(live.shape[1:3])[None], 0, 255).astype(np.uint8), by_rules=True)
+    moved = {e.property: e.current - e.reference for e in fog.evidence}
+    assert moved["cast_b"] > MIN_CAST and moved["haze"] > 8 and moved["brightness"] > 8  # a cast, under a veil
+    assert fog.scores["color_shift"] < MIN_SCORE and fog.top == "weather"
+    white_balance = fp.diagnose(np.clip(live * (1.0, 1.0, 0.85), 0, 255).astype(np.uint8), by_rules=True)
+    assert white_balance.top == "color_shift"
 
 
 def test_fog_over_point_lights_is_not_blur_and_their_defocus_is():

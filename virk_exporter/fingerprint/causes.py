@@ -295,12 +295,18 @@ def _color_shift(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, t
     # The reference spread of a channel ratio is tiny, so the robust effect size is huge for
     # any change; the physical size of the change is the better strength.
     change = max(abs(e.d("cast_r")) * (e.a("cast_r") > 0), abs(e.d("cast_b")) * (e.a("cast_b") > 0))
-    cast = float(np.log1p(change / CAST_UNIT)) if change >= MIN_CAST else 0.0
+    # Fog's airlight adds one grey to every channel: its own texture pulls each cell's channel
+    # ratios toward neutral, which reads as a cast, while it lifts the dark channel and the
+    # brightness together. A white-balance gain moves one channel (TUNE: never both up by more
+    # than 2 levels; fog by a median 12-62): discount a veiled view's cast by the veil's evidence.
+    veiled = min(e.d("haze"), e.d("brightness")) >= MIN_BRIGHTNESS_LEVELS
+    airlight = min(e.s("haze"), e.s("brightness")) if veiled else 0.0
+    cast = float(np.log1p(change / CAST_UNIT)) - airlight if change >= MIN_CAST else 0.0
     # Over-saturated colour (a colour pipeline gone wrong): more saturation than any exposure,
     # fog or contrast change brings (those lower it, or raise contrast with it).
     # Colour noise raises saturation too: discount by the noise evidence.
     vivid = e.s("saturation") - e.s("contrast") - e.s("noise") if e.d("saturation") >= MIN_SATURATION_LEVELS else 0.0
-    if cast == 0.0 and vivid <= 0.0:
+    if cast <= 0.0 and vivid <= 0.0:
         return 0.0, "", ()
     return max(cast, vivid), "white balance" if cast >= vivid else "saturation", ("cast_r", "cast_b", "saturation")
 
