@@ -116,6 +116,16 @@ def test_a_veil_that_pulls_channel_ratios_to_grey_is_not_a_colour_shift():
     assert white_balance.top == "color_shift"
 
 
+def test_a_veil_explains_the_softness_it_brings():
+    """albumentations' fog blurs the view it hazes: the softness under a veil is the fog's, while
+    the same softness without the veil is a blur."""
+    fp = Fingerprinter(photos.camera_stream("coffee", 64, seed=0))
+    soft = np.stack([cv2.blur(f, (9, 9)) for f in photos.camera_stream("coffee", N, seed=1)]).astype(np.float32)
+    fog = fp.diagnose(np.clip(0.7 * soft + 0.3 * _textured_veil(soft.shape[1:3])[None], 0, 255).astype(np.uint8), by_rules=True)
+    assert fog.scores["blur"] < MIN_SCORE and fog.top == "weather"
+    assert fp.diagnose(soft.astype(np.uint8), by_rules=True).top == "blur"
+
+
 def test_fog_over_point_lights_is_not_blur_and_their_defocus_is():
     scene = _point_lights()
     fp = Fingerprinter(photos.camera_stream(scene, 48, seed=0))

@@ -291,17 +291,23 @@ def _weather(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple
     return score, kind, ("haze", "brightness", "contrast", "frame_diff", "specks_bright", "saturation")
 
 
+def _veil(e: _Effects) -> float:
+    """The evidence of an airlight veil (fog, haze): it lifts the dark channel and the brightness
+    together, by at least ``MIN_BRIGHTNESS_LEVELS`` each; 0 otherwise. A white-balance gain moves
+    one channel and a blur keeps the mean (TUNE: white balance never raised both by more than 2
+    levels; fog by a median 12-62), so a veil explains the cast and the softness it brings."""
+    if min(e.d("haze"), e.d("brightness")) < MIN_BRIGHTNESS_LEVELS:
+        return 0.0
+    return min(e.s("haze"), e.s("brightness"))
+
+
 def _color_shift(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
     # The reference spread of a channel ratio is tiny, so the robust effect size is huge for
     # any change; the physical size of the change is the better strength.
     change = max(abs(e.d("cast_r")) * (e.a("cast_r") > 0), abs(e.d("cast_b")) * (e.a("cast_b") > 0))
     # Fog's airlight adds one grey to every channel: its own texture pulls each cell's channel
-    # ratios toward neutral, which reads as a cast, while it lifts the dark channel and the
-    # brightness together. A white-balance gain moves one channel (TUNE: never both up by more
-    # than 2 levels; fog by a median 12-62): discount a veiled view's cast by the veil's evidence.
-    veiled = min(e.d("haze"), e.d("brightness")) >= MIN_BRIGHTNESS_LEVELS
-    airlight = min(e.s("haze"), e.s("brightness")) if veiled else 0.0
-    cast = float(np.log1p(change / CAST_UNIT)) - airlight if change >= MIN_CAST else 0.0
+    # ratios toward neutral, which reads as a cast. A white-balance gain moves one channel.
+    cast = float(np.log1p(change / CAST_UNIT)) - _veil(e) if change >= MIN_CAST else 0.0
     # Over-saturated colour (a colour pipeline gone wrong): more saturation than any exposure,
     # fog or contrast change brings (those lower it, or raise contrast with it).
     # Colour noise raises saturation too: discount by the noise evidence.
@@ -339,7 +345,8 @@ def _blur(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[st
     # second. A reference saved before ``fine_detail`` existed has only the first.
     steepness = e.s("sharpness", -1)
     evidence = min(steepness, e.s("fine_detail", -1)) if "fine_detail" in e.tests else steepness
-    score = evidence - e.s("noise")
+    # A veil softens too (albumentations' fog blurs the view it hazes): the veil explains it.
+    score = evidence - e.s("noise") - _veil(e)
     # The sub-kind compares physical changes, scaled by how much sharpness was lost: effect
     # sizes (in units of a static camera's tiny reference spread) made any wobble look decisive.
     lost = max(-e.d("sharpness"), 1e-6)
