@@ -126,6 +126,15 @@ def test_a_veil_explains_the_softness_it_brings():
     assert fp.diagnose(soft.astype(np.uint8), by_rules=True).top == "blur"
 
 
+def test_a_darker_exposure_is_not_over_saturated_colour(fp, window):
+    """HSV saturation rises under a darker exposure (the darkest pixels round toward the black
+    floor: +10 levels at severity 4) although every pixel keeps its saturation."""
+    darker = fp.diagnose(corruptions.apply("brightness_down", window, 4, seed=11), by_rules=True)
+    moved = {e.property: e.current - e.reference for e in darker.evidence}
+    assert moved["saturation"] > 8  # past MIN_SATURATION_LEVELS
+    assert darker.scores["color_shift"] < MIN_SCORE and darker.top == "brightness"
+
+
 def test_fog_over_point_lights_is_not_blur_and_their_defocus_is():
     scene = _point_lights()
     fp = Fingerprinter(photos.camera_stream(scene, 48, seed=0))

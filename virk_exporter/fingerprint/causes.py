@@ -68,6 +68,7 @@ FLAT_LOSS = 0.9  # log texture a region loses under an occluder, relative to the
 MIN_BRIGHTNESS_LEVELS = 8.0  # change of mean gray level for an exposure change
 MIN_CAST = 0.04  # change of log channel ratio of edge strength (about a 4% white-balance gain)
 MIN_SATURATION_LEVELS = 8.0  # rise of mean HSV saturation (0..255) for an over-saturated colour
+GAIN_MATCH = 0.01  # log difference of brightness and contrast changes within which a change is one gain
 GLARE_ASYMMETRY = 2.0  # a glare region brightens at least this many times more than any darkens
 STEADY_SPREAD = 0.5  # interquartile range of a geometric property, relative to its median, for a fault that stays put
 VIEW_MATCH = 0.78  # share of the reference's phase-correlation match a displaced or partly covered view keeps
@@ -301,6 +302,17 @@ def _veil(e: _Effects) -> float:
     return min(e.s("haze"), e.s("brightness"))
 
 
+def _darker_gain(e: _Effects) -> bool:
+    """The view darkened by one gain: brightness down by ``MIN_BRIGHTNESS_LEVELS`` and the RMS
+    contrast down by the same factor (within ``GAIN_MATCH`` in log). TUNE: every under-exposure
+    matched within 0.004; ImageNet-C's saturate, which darkens the gray too, differed by 0.075 or
+    more (a white balance that darkens may match: it shows as a cast, which this leaves alone)."""
+    b, c = e.tests.get("brightness"), e.tests.get("contrast")
+    if b is None or c is None or -e.d("brightness") < MIN_BRIGHTNESS_LEVELS or min(b.reference, b.current, c.reference, c.current) <= 0:
+        return False
+    return abs(np.log(b.current / b.reference) - np.log(c.current / c.reference)) <= GAIN_MATCH
+
+
 def _color_shift(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
     # The reference spread of a channel ratio is tiny, so the robust effect size is huge for
     # any change; the physical size of the change is the better strength.
@@ -311,7 +323,9 @@ def _color_shift(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, t
     # Over-saturated colour (a colour pipeline gone wrong): more saturation than any exposure,
     # fog or contrast change brings (those lower it, or raise contrast with it).
     # Colour noise raises saturation too: discount by the noise evidence.
-    vivid = e.s("saturation") - e.s("contrast") - e.s("noise") if e.d("saturation") >= MIN_SATURATION_LEVELS else 0.0
+    # A darker exposure keeps every pixel's saturation, but HSV saturation rises as the darkest
+    # pixels round toward the black floor: not over-saturation.
+    vivid = e.s("saturation") - e.s("contrast") - e.s("noise") if e.d("saturation") >= MIN_SATURATION_LEVELS and not _darker_gain(e) else 0.0
     if cast <= 0.0 and vivid <= 0.0:
         return 0.0, "", ()
     return max(cast, vivid), "white balance" if cast >= vivid else "saturation", ("cast_r", "cast_b", "saturation")
