@@ -113,8 +113,8 @@ def run(photographs: tuple[tuple[str, str], ...], faults: list[material.Fault], 
             rows.append(dict(common, fault="content", severity=0, band="content", **_content_run(detector, fp, np.concatenate([before, cut]))))
             for area, dim in zip(OBJECT_AREAS, np.roll(OBJECT_DIMS, p_index)):
                 placed = material.object_enters(fresh, material.scene(other, size), area, dim, seed_of("object", area, photo, size))
-                run = _content_run(detector, fp, np.concatenate([before, placed]))
-                rows.append(dict(common, fault="content/object", severity=0, band="object", area=area, dim=float(dim), **run))
+                outcome = _content_run(detector, fp, np.concatenate([before, placed]))
+                rows.append(dict(common, fault="content/object", severity=0, band="object", area=area, dim=float(dim), **outcome))
             distinct = None if size[0] * size[1] <= 224 * 168 else 4
             for fault, severity in jobs[p_index]:
                 faulty = fault(fresh, severity, seed_of(fault.name, severity, photo, size), distinct=distinct)

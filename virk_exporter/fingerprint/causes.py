@@ -252,15 +252,20 @@ def _compression(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, t
     return e.s("blockiness") + 1.0 * (e.s("blockiness") > 0), "jpeg", ("blockiness", "noise")
 
 
+def _hazier_and_brighter(e: _Effects) -> float:
+    """The weaker of the haze and brightness rises' strengths: what weather (fog, rain, snow)
+    does to a view, as evidence."""
+    return min(e.s("haze"), e.s("brightness"))
+
+
 def _resolution(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
     # Noise and rain streaks also make textured spans with equal neighbours, far less often.
-    weather_like = min(e.s("haze"), e.s("brightness"))
-    return e.s("flat_pairs") - e.s("noise") - weather_like, "pixelation", ("flat_pairs", "sharpness")
+    return e.s("flat_pairs") - e.s("noise") - _hazier_and_brighter(e), "pixelation", ("flat_pairs", "sharpness")
 
 
 def _noise(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
     sensor, specks = e.s("noise"), min(e.s("specks_bright"), e.s("specks_dark"))
-    weather_like = min(e.s("haze"), e.s("brightness"))  # rain/snow also add specks
+    weather_like = _hazier_and_brighter(e)  # rain/snow also add specks
     # Salt-and-pepper saturates isolated pixels while barely moving the robust sigma; heavy
     # Gaussian noise clips some pixels too, but along with a large sigma.
     # A clean reference has almost no impulses, so its spread is ~0 and the robust effect size
@@ -279,7 +284,7 @@ def _weather(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple
     # Fog's airlight brightens the view, lifts the dark channel and washes out colour or
     # contrast (grey scenes have no colour to lose); an exposure gain raises contrast, a
     # contrast reduction or a blur does not brighten.
-    fog = min(e.s("haze"), e.s("brightness"), max(e.s("saturation", -1), e.s("contrast", -1))) - e.s("contrast")
+    fog = min(_hazier_and_brighter(e), max(e.s("saturation", -1), e.s("contrast", -1))) - e.s("contrast")
     # Rain also darkens the view (an overcast sky, albumentations' RandomRain): darker *and*
     # different in every frame, which an under-exposure (smaller frame differences) never is.
     precipitation = min(e.s("frame_diff"), e.a("brightness"))
@@ -299,7 +304,7 @@ def _veil(e: _Effects) -> float:
     levels; fog by a median 12-62), so a veil explains the cast and the softness it brings."""
     if min(e.d("haze"), e.d("brightness")) < MIN_BRIGHTNESS_LEVELS:
         return 0.0
-    return min(e.s("haze"), e.s("brightness"))
+    return _hazier_and_brighter(e)
 
 
 def _darker_gain(e: _Effects) -> bool:
