@@ -4,10 +4,12 @@ Every fault of ``benchmarks/material.py`` (ImageNet-C's reference code, albument
 codecs, camera faults and the project's own generators) is applied at each of its severities to
 TUNE photographs at the four resolutions, ``--rounds`` times with the photographs rotated so
 each meets each fault more than once. Each window is diagnosed with the rules alone (fitting
-never depends on a previous model) and its evidence kept. The L2 penalty is chosen by
-leave-one-photograph-out cross-validation, scored the way the evaluation scores (the top cause
-right, the fault's accepted alternatives included, on windows whose rules name a cause, chosen
-among the causes they name), and the model refitted on everything is written to the package.
+never depends on a previous model) and its evidence kept. The L2 penalty is fixed (``PENALTY``):
+choosing it anew on each refit moved more windows than the rule changes being judged (see
+BENCHMARKS.md, "a steadier naming refit"). Leave-one-photograph-out cross-validation, scored the
+way the evaluation scores (the top cause right, the fault's accepted alternatives included, on
+windows whose rules name a cause, chosen among the causes they name), is printed for every
+penalty of ``PENALTIES`` as a check, and the model fitted on everything is written to the package.
 SCORE, HOLDOUT and FRESH photographs are never touched here: ``benchmarks/real_footage.py
 --part stills --set holdout`` and ``benchmarks/stills_detection.py --set fresh`` measure the result.
 
@@ -37,6 +39,11 @@ from virk_exporter.fingerprint.naming import MODEL_FILE, CauseModel, feature_nam
 
 PLAN = StillsPlan(window=16, reference=32, distinct=4, clean_windows=0)
 PENALTIES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
+# TUNE, nested leave-one-photograph-out (the penalty never chosen on the photograph scored):
+# L2 30 fixed 92.2 % right, 4 of 2,296 picks moved by dropping 2 % of the training windows;
+# L2 100 fixed 91.8 %, 9 moved. The one-standard-error choice it replaces picked 30 in seven
+# of eight refits and 100 once, on a rule change that touched 7 windows' features.
+PENALTY = 30.0
 MODEL_PATH = ROOT / "virk_exporter" / "fingerprint" / MODEL_FILE
 
 
@@ -96,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="photograph rotations (more windows per fault)")
     parser.add_argument("--rows", type=Path, default=None, help="refit from windows kept by an earlier run")
     parser.add_argument("--out", type=Path, default=MODEL_PATH)
+    parser.add_argument("--l2", type=float, default=PENALTY, help="L2 penalty of the fit")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     if args.rows:
@@ -110,14 +118,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("the kept windows were made with other features: gather them again (drop --rows)")
     by_rules = float(np.mean([material.FAULTS[r["fault"]].right(r["by_rules"]) for r in rows if r["by_rules"] != "none"]))
     print(f"{len(rows)} faulty windows from {len({r['photo'] for r in rows})} TUNE photographs; named by the largest rule score: {by_rules:.1%} right")
-    cv = {l2: cross_validate(rows, l2) for l2 in PENALTIES}
+    best = args.l2
+    cv = {l2: cross_validate(rows, l2) for l2 in sorted({*PENALTIES, best})}
     for l2, score in cv.items():
-        print(f"  L2 {l2:>5}: leave-one-photograph-out {score:.1%} right")
-    # The most regularized penalty within one standard error of the best: the model meets
-    # footage unlike the TUNE photographs, and ties are within the noise of ~2000 windows.
+        print(f"  L2 {l2:>5}: leave-one-photograph-out {score:.1%} right{'  (the fixed penalty)' if l2 == best else ''}")
+    # A check, not a choice: ties are within the noise of ~2000 windows.
     named = sum(r["by_rules"] != "none" for r in rows)
     top = max(cv.values())
-    best = max(l2 for l2, score in cv.items() if score >= top - float(np.sqrt(top * (1 - top) / named)))
+    if cv[best] < top - float(np.sqrt(top * (1 - top) / named)):
+        print(f"  note: L2 {max(cv, key=cv.get)} beats L2 {best} by more than one standard error on these windows")
     print(f"  L2 {best}, choosing among all causes, not only those the rules name: {cross_validate(rows, best, among_named=False):.1%} right")
     unseen = leave_family_out(rows, best)
     for family, (score, n, rules) in unseen.items():
