@@ -135,6 +135,27 @@ def test_a_darker_exposure_is_not_over_saturated_colour(fp, window):
     assert darker.scores["color_shift"] < MIN_SCORE and darker.top == "brightness"
 
 
+def _value_raised(frames: np.ndarray, amount: float) -> np.ndarray:
+    """ImageNet-C's brightness: HSV value up, hue and saturation kept."""
+    out = []
+    for frame in frames:
+        hsv = cv2.cvtColor(frame, cv2.COLOR_RGB2HSV).astype(np.float32)
+        hsv[..., 2] = np.clip(hsv[..., 2] + amount * 255, 0, 255)
+        out.append(cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB))
+    return np.stack(out)
+
+
+def test_a_brightening_that_keeps_the_colour_is_not_fog(fp, window):
+    """A brighter HSV value lifts the dark channel like fog's airlight, but airlight washes the
+    colour out of a colourful view and a brightening keeps it."""
+    brighter = fp.diagnose(_value_raised(window, 0.5), by_rules=True)
+    moved = {e.property: e.current - e.reference for e in brighter.evidence}
+    assert moved["haze"] > 8 and moved["brightness"] > 8  # brighter and hazier, as fog is
+    assert brighter.top == "brightness"
+    fog = fp.diagnose(np.clip(0.6 * window + 0.4 * _textured_veil(window.shape[1:3])[None], 0, 255).astype(np.uint8), by_rules=True)
+    assert fog.top == "weather"
+
+
 def test_fog_over_point_lights_is_not_blur_and_their_defocus_is():
     scene = _point_lights()
     fp = Fingerprinter(photos.camera_stream(scene, 48, seed=0))

@@ -281,10 +281,9 @@ def _weather(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple
     # gain of exposure. Rain and snow: brighter, and different in every frame (falling
     # particles), which no exposure, glare or fog change does; noise also raises frame
     # differences but does not brighten the view.
-    # Fog's airlight brightens the view, lifts the dark channel and washes out colour or
-    # contrast (grey scenes have no colour to lose); an exposure gain raises contrast, a
-    # contrast reduction or a blur does not brighten.
-    fog = min(_hazier_and_brighter(e), max(e.s("saturation", -1), e.s("contrast", -1))) - e.s("contrast")
+    # Fog's airlight brightens the view, lifts the dark channel and washes out the colour
+    # (_washout); an exposure gain raises contrast, a contrast reduction or a blur does not brighten.
+    fog = min(_hazier_and_brighter(e), _washout(e)) - e.s("contrast")
     # Rain also darkens the view (an overcast sky, albumentations' RandomRain): darker *and*
     # different in every frame, which an under-exposure (smaller frame differences) never is.
     precipitation = min(e.s("frame_diff"), e.a("brightness"))
@@ -295,6 +294,19 @@ def _weather(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple
         kind = "fog"
     score = max(fog, precipitation) + 0.5 * specks
     return score, kind, ("haze", "brightness", "contrast", "frame_diff", "specks_bright", "saturation")
+
+
+def _washout(e: _Effects) -> float:
+    """How strongly the colour washed out, as airlight does to every pixel. On a colourful view
+    (reference saturation at least twice ``MIN_SATURATION_LEVELS``) the saturation must fall by
+    ``MIN_SATURATION_LEVELS``: a brightening in HSV value (ImageNet-C's brightness) keeps it and
+    lifts the dark channel too (TUNE, 10th-90th percentile of the change: ImageNet-C brightness
+    -6..+6 %, ImageNet-C's and our fog -35..-81 %). A grey view has no colour to lose: a loss of
+    contrast stands in."""
+    saturation = e.tests.get("saturation")
+    if saturation is not None and saturation.reference >= 2 * MIN_SATURATION_LEVELS:
+        return e.s("saturation", -1) if -e.d("saturation") >= MIN_SATURATION_LEVELS else 0.0
+    return max(e.s("saturation", -1), e.s("contrast", -1))
 
 
 def _veil(e: _Effects) -> float:
