@@ -105,6 +105,8 @@ def test_a_gated_score_fits_its_tail_to_the_open_gate_values_not_to_the_zeros() 
     alpha = 0.01 / 12
     assert 4.1 < gated.threshold(alpha) < 7.0 < plain.threshold(alpha)
     assert gated.p_value(gated.threshold(alpha) + 1e-6) <= alpha
-    # With fewer than MIN_BODY open-gate values there is no shape to fit: the plain fit is kept.
-    sparse = np.r_[np.zeros(40), [3.0, 4.1]]
-    assert EmpiricalNull(sparse, min_scale=0.4, floor=0.0).scale == EmpiricalNull(sparse, min_scale=0.4).scale
+    # A gate that opened once or twice: the zeros do not set the tail's scale either, and the
+    # bar does not fall when the same opening recurs (it fell from ~20 to ~5 at the third).
+    bars = [EmpiricalNull(np.r_[np.zeros(40), np.full(k, 3.0)], min_scale=0.4, effective_size=3.75, floor=0.0).threshold(alpha) for k in (1, 2, 3, 6)]
+    assert bars[0] < 6.0 and np.ptp(bars) < 0.05
+    assert EmpiricalNull(np.r_[np.zeros(40), [3.0, 4.1]], min_scale=0.4, floor=0.0).scale == pytest.approx(0.55)

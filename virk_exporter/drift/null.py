@@ -16,8 +16,10 @@ of the upper half over the median (peaks-over-threshold with shape 0), so a smal
 still express p-values below ``1 / (1 + K)``. A statistic that is exactly ``floor`` whenever its
 gate is closed (a cause score of 0) is a point mass plus a continuous part: the tail's scale is
 then fitted to the continuous part alone, since the zeros say how often the gate opens, not how
-far it goes when it does (BENCHMARKS.md, "gated cause scores"). An earlier tail started at the median and was
-stretched until it reached the largest value's p-value: with the 4-8 independent blocks of a
+far it goes when it does (BENCHMARKS.md, "gated cause scores"), however few the open values
+(a single one gets ``min_scale``: with the zeros in the fit, a gate that opened once at 3 put
+the bar at 19 and one that opened three times at 3 put it at 5). An earlier tail started at the
+median and was stretched until it reached the largest value's p-value: with the 4-8 independent blocks of a
 short reference that multiplied the largest normal score by 5-7 and hid strong faults
 (BENCHMARKS.md, "capture bars").
 """
@@ -30,7 +32,6 @@ import numpy as np
 
 TAIL_FROM = 0.5  # the tail's scale is the mean excess of the null values above this quantile
 MAX_BLOCKS = 128  # null values per statistic: overlapping blocks, evenly spread over the period
-MIN_BODY = 3  # values above the floor needed to fit the tail to them alone
 
 
 def block_starts(n: int, window: int, max_blocks: int = MAX_BLOCKS) -> np.ndarray:
@@ -71,7 +72,7 @@ class EmpiricalNull:
         size = float(min(self.effective_size or values.size, values.size))
         object.__setattr__(self, "effective_size", max(size, 1.0))
         above = values[values > self.floor] if self.floor is not None else values
-        body = above if above.size >= MIN_BODY else values  # too few open-gate values to fit a shape
+        body = above if above.size else values
         median = float(np.quantile(body, TAIL_FROM))
         excess = body[body > median] - median
         object.__setattr__(self, "scale", max(float(excess.mean()) if excess.size else 0.0, self.min_scale))
