@@ -258,9 +258,19 @@ def _hazier_and_brighter(e: _Effects) -> float:
     return min(e.s("haze"), e.s("brightness"))
 
 
+def _precipitation(e: _Effects) -> float:
+    """Falling particles: every frame differs, and the brightness moves with them (snow lightens
+    the view; albumentations' rain darkens it, an overcast sky), which an exposure change, with
+    its smaller or equal frame differences, never does together."""
+    return min(e.s("frame_diff"), e.a("brightness"))
+
+
 def _resolution(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
-    # Noise and rain streaks also make textured spans with equal neighbours, far less often.
-    return e.s("flat_pairs") - e.s("noise") - _hazier_and_brighter(e), "pixelation", ("flat_pairs", "sharpness")
+    # Noise also makes textured spans with equal neighbours, far less often; so do snow and rain,
+    # whose streaks are drawn in one flat colour (TUNE, by rules: 13 of albumentations' rain
+    # windows read `resolution` before the precipitation evidence was discounted, no fault lost).
+    weather = max(_hazier_and_brighter(e), _precipitation(e))
+    return e.s("flat_pairs") - e.s("noise") - weather, "pixelation", ("flat_pairs", "sharpness")
 
 
 def _noise(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
@@ -284,9 +294,7 @@ def _weather(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple
     # Fog's airlight brightens the view, lifts the dark channel and washes out the colour
     # (_washout); an exposure gain raises contrast, a contrast reduction or a blur does not brighten.
     fog = min(_hazier_and_brighter(e), _washout(e)) - e.s("contrast")
-    # Rain also darkens the view (an overcast sky, albumentations' RandomRain): darker *and*
-    # different in every frame, which an under-exposure (smaller frame differences) never is.
-    precipitation = min(e.s("frame_diff"), e.a("brightness"))
+    precipitation = _precipitation(e)
     specks = e.s("specks_bright")
     if precipitation > fog:
         kind = "rain" if e.d("brightness") < 0 or e.s("specks_dark") > 0.6 * specks else "snow"
