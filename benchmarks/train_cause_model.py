@@ -5,8 +5,8 @@ codecs, camera faults and the project's own generators) is applied at each of it
 TUNE photographs at the four resolutions, ``--rounds`` times with the photographs rotated so
 each meets each fault more than once. Each window is diagnosed with the rules alone (fitting
 never depends on a previous model) and its evidence kept. The L2 penalty is fixed (``PENALTY``):
-choosing it anew on each refit moved more windows than the rule changes being judged (see
-BENCHMARKS.md, "a steadier naming refit"). Leave-one-photograph-out cross-validation, scored the
+choosing it anew on each refit moved more windows than the rule changes being judged
+(BENCHMARKS.md, "A fixed penalty for the naming refit"). Leave-one-photograph-out cross-validation, scored the
 way the evaluation scores (the top cause right, the fault's accepted alternatives included, on
 windows whose rules name a cause, chosen among the causes they name), is printed for every
 penalty of ``PENALTIES`` as a check, and the model fitted on everything is written to the package.
@@ -118,34 +118,34 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("the kept windows were made with other features: gather them again (drop --rows)")
     by_rules = float(np.mean([material.FAULTS[r["fault"]].right(r["by_rules"]) for r in rows if r["by_rules"] != "none"]))
     print(f"{len(rows)} faulty windows from {len({r['photo'] for r in rows})} TUNE photographs; named by the largest rule score: {by_rules:.1%} right")
-    best = args.l2
-    cv = {l2: cross_validate(rows, l2) for l2 in sorted({*PENALTIES, best})}
+    penalty = args.l2
+    cv = {l2: cross_validate(rows, l2) for l2 in sorted({*PENALTIES, penalty})}
     for l2, score in cv.items():
-        print(f"  L2 {l2:>5}: leave-one-photograph-out {score:.1%} right{'  (the fixed penalty)' if l2 == best else ''}")
+        print(f"  L2 {l2:>5}: leave-one-photograph-out {score:.1%} right{'  (the fixed penalty)' if l2 == penalty else ''}")
     # A check, not a choice: ties are within the noise of ~2000 windows.
     named = sum(r["by_rules"] != "none" for r in rows)
     top = max(cv.values())
-    if cv[best] < top - float(np.sqrt(top * (1 - top) / named)):
-        print(f"  note: L2 {max(cv, key=cv.get)} beats L2 {best} by more than one standard error on these windows")
-    print(f"  L2 {best}, choosing among all causes, not only those the rules name: {cross_validate(rows, best, among_named=False):.1%} right")
-    unseen = leave_family_out(rows, best)
+    if cv[penalty] < top - float(np.sqrt(top * (1 - top) / named)):
+        print(f"  note: L2 {max(cv, key=cv.get)} beats L2 {penalty} by more than one standard error on these windows")
+    print(f"  L2 {penalty}, choosing among all causes, not only those the rules name: {cross_validate(rows, penalty, among_named=False):.1%} right")
+    unseen = leave_family_out(rows, penalty)
     for family, (score, n, rules) in unseen.items():
-        print(f"  L2 {best}, {family} left out of the fit (code it never saw): {score:.1%} right of {n} (largest rule score: {rules:.1%})")
+        print(f"  L2 {penalty}, {family} left out of the fit (code it never saw): {score:.1%} right of {n} (largest rule score: {rules:.1%})")
     provenance = {
         "fitted": time.strftime("%Y-%m-%d", time.gmtime()),
         "by": "benchmarks/train_cause_model.py",
         "photographs": [p[1] for p in material.TUNE],
         "windows": len(rows),
         "faults": len({r["fault"] for r in rows}),
-        "l2": best,
-        "leave_one_photograph_out_right": round(cv[best], 4),
+        "l2": penalty,
+        "leave_one_photograph_out_right": round(cv[penalty], 4),
         "largest_rule_score_right": round(by_rules, 4),
         "leave_one_family_out_right": {f: round(v[0], 4) for f, v in unseen.items()},
         "environment": material.environment(),
     }
-    model = _fit(rows, best, provenance)
+    model = _fit(rows, penalty, provenance)
     args.out.write_text(model.to_json())
-    print(f"L2 {best}: fitted on all {len(rows)} windows, {right(model, rows):.1%} right on them; written to {args.out} ({time.perf_counter() - started:.0f} s)")
+    print(f"L2 {penalty}: fitted on all {len(rows)} windows, {right(model, rows):.1%} right on them; written to {args.out} ({time.perf_counter() - started:.0f} s)")
     return 0
 
 

@@ -19,9 +19,9 @@ then fitted to the continuous part alone, since the zeros say how often the gate
 far it goes when it does (BENCHMARKS.md, "gated cause scores"), however few the open values
 (a single one gets ``min_scale``: with the zeros in the fit, a gate that opened once at 3 put
 the bar at 19 and one that opened three times at 3 put it at 5). An earlier tail started at the
-median and was stretched until it reached the largest value's p-value: with the 4-8 independent blocks of a
-short reference that multiplied the largest normal score by 5-7 and hid strong faults
-(BENCHMARKS.md, "capture bars").
+median and was stretched until it reached the largest value's p-value: with the 4-8
+independent blocks of a short reference that multiplied the largest normal score by 5-7 and hid
+strong faults (BENCHMARKS.md, "capture bars").
 """
 
 from __future__ import annotations

@@ -267,8 +267,9 @@ def _precipitation(e: _Effects) -> float:
 
 def _resolution(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
     # Noise also makes textured spans with equal neighbours, far less often; so do snow and rain,
-    # whose streaks are drawn in one flat colour (TUNE, by rules: 13 of albumentations' rain
-    # windows read `resolution` before the precipitation evidence was discounted, no fault lost).
+    # whose streaks are drawn in one flat colour (TUNE, by rules: albumentations' rain read
+    # `resolution` in 18 of 60 windows before the precipitation evidence was discounted, 5 after;
+    # pixelation 80 of 84 before and after).
     weather = max(_hazier_and_brighter(e), _precipitation(e))
     return e.s("flat_pairs") - e.s("noise") - weather, "pixelation", ("flat_pairs", "sharpness")
 
