@@ -288,12 +288,9 @@ def _noise(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[s
 
 
 def _weather(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
-    # Fog: airlight makes the view brighter and hazier (dark channel up) without the contrast
-    # gain of exposure. Rain and snow: brighter, and different in every frame (falling
-    # particles), which no exposure, glare or fog change does; noise also raises frame
-    # differences but does not brighten the view.
-    # Fog's airlight brightens the view, lifts the dark channel and washes out the colour
-    # (_washout); an exposure gain raises contrast, a contrast reduction or a blur does not brighten.
+    # Fog: airlight brightens the view, lifts the dark channel (haze) and washes out the colour
+    # (_washout), without the contrast gain of exposure; a contrast reduction or a blur does not
+    # brighten. Rain and snow: falling particles (_precipitation).
     fog = min(_hazier_and_brighter(e), _washout(e)) - e.s("contrast")
     precipitation = _precipitation(e)
     specks = e.s("specks_bright")
