@@ -1,11 +1,12 @@
 """The colour cast against the reference's own cells (fingerprint/cast.py)."""
 
+import cv2
 import numpy as np
 import pytest
 
-from virk_exporter.demo import photos
+from virk_exporter.demo import corruptions, photos
 from virk_exporter.fingerprint import Fingerprinter, compute_properties
-from virk_exporter.fingerprint.causes import MIN_CAST
+from virk_exporter.fingerprint.causes import CAST_AGREEMENT, MIN_CAST, MIN_SCORE
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +69,30 @@ def test_a_learned_reference_keeps_the_cells_and_measures_its_own_samples_agains
     direct = Fingerprinter(frames)
     assert np.allclose(learned.reference_series["cast_r"], direct.reference_series["cast_r"])
     assert abs(np.median(learned.reference_series["cast_r"])) < 0.01  # its own samples, against its own cells
+
+
+def _jpeg(frames: np.ndarray, quality: int) -> np.ndarray:
+    return np.stack([cv2.imdecode(cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, quality])[1], cv2.IMREAD_UNCHANGED) for f in frames])
+
+
+def test_a_white_balance_moves_every_strong_cell_alike_and_a_codecs_chroma_loss_does_not(coffee):
+    fp, live = coffee
+    agreement = lambda frames: float(np.median(fp.properties(frames)["cast_agreement"]))  # noqa: E731
+    cast = lambda frames: max(abs(float(np.median(fp.properties(frames)[k]) - np.median(fp.reference_properties[k]))) for k in ("cast_r", "cast_b"))  # noqa: E731
+    balance = corruptions.apply("color_shift", live, severity=3, seed=0)  # zero-sum channel gains
+    codec = _jpeg(live, 5)
+    assert cast(balance) > MIN_CAST and agreement(balance) >= CAST_AGREEMENT
+    assert cast(codec) > MIN_CAST and agreement(codec) < CAST_AGREEMENT  # its median moved as much, cell by cell unevenly
+    assert agreement(live) < CAST_AGREEMENT  # no cast: the cells scatter around it
+    # the reference's own samples are measured against its cells like live frames
+    assert fp.reference_properties["cast_agreement"].size == 32 and np.median(fp.reference_properties["cast_agreement"]) < CAST_AGREEMENT
+
+
+def test_an_uneven_colour_change_is_not_a_colour_cast_unless_the_reference_cannot_tell(coffee):
+    fp, live = coffee
+    codec = _jpeg(live, 5)
+    assert fp.diagnose(codec, by_rules=True).scores["color_shift"] == 0.0
+    assert fp.diagnose(corruptions.apply("color_shift", live, severity=3, seed=0), by_rules=True).top == "color_shift"
+    # a reference saved before the agreement was measured keeps the cast rule it had
+    older = Fingerprinter.from_state({k: v for k, v in fp.state().items() if not k.endswith("prop/cast_agreement")})
+    assert older.diagnose(codec, by_rules=True).scores["color_shift"] > MIN_SCORE

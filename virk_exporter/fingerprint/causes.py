@@ -79,6 +79,7 @@ SCENE_REFERENCE_SHARE = 0.05  # at most this share of the reference's own sample
 LARGE_SHIFT = 0.04  # share of the width: a move this large is the camera's, whatever the match
 LARGE_ROTATION = 2.5  # degrees (the quadrant fit reads a 4 deg turn as 2-4): a turn costs the match by itself
 CAST_UNIT = 0.01  # colour-shift strength: log1p(change / CAST_UNIT)
+CAST_AGREEMENT = 0.85  # share of the strong cells a white balance moves alike (TUNE: casts >= 0.88, codecs, fog <= 0.79)
 IMPULSE_UNIT = 0.0005  # impulse-noise strength: log1p(share of impulse pixels / IMPULSE_UNIT)
 FROZEN_FRACTION = 0.1  # share of exactly repeated frames that makes a feed frozen
 STATE_PREFIX = "fingerprint/"
@@ -341,8 +342,9 @@ def _color_shift(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, t
     # any change; the physical size of the change is the better strength.
     change = max(abs(e.d("cast_r")) * (e.a("cast_r") > 0), abs(e.d("cast_b")) * (e.a("cast_b") > 0))
     # Fog's airlight adds one grey to every channel: its own texture pulls each cell's channel
-    # ratios toward neutral, which reads as a cast. A white-balance gain moves one channel.
-    cast = float(np.log1p(change / CAST_UNIT)) - _veil(e) if change >= MIN_CAST else 0.0
+    # ratios toward neutral, which reads as a cast. A white-balance gain moves one channel, and
+    # in every cell alike (_even_cast): a codec's chroma loss moves each cell by its content.
+    cast = float(np.log1p(change / CAST_UNIT)) - _veil(e) if change >= MIN_CAST and _even_cast(e) else 0.0
     # Over-saturated colour (a colour pipeline gone wrong): more saturation than any exposure,
     # fog or contrast change brings (those lower it, or raise contrast with it).
     # Colour noise raises saturation too: discount by the noise evidence.
@@ -351,7 +353,15 @@ def _color_shift(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, t
     vivid = e.s("saturation") - e.s("contrast") - e.s("noise") if e.d("saturation") >= MIN_SATURATION_LEVELS and not _darker_gain(e) else 0.0
     if cast <= 0.0 and vivid <= 0.0:
         return 0.0, "", ()
-    return max(cast, vivid), "white balance" if cast >= vivid else "saturation", ("cast_r", "cast_b", "saturation")
+    return max(cast, vivid), "white balance" if cast >= vivid else "saturation", ("cast_r", "cast_b", "cast_agreement", "saturation")
+
+
+def _even_cast(e: _Effects) -> bool:
+    """The cells' colour ratios moved alike, as a white-balance gain moves them (cast.py); a
+    codec's chroma loss and fog move each cell by its content. True for a reference saved
+    without its cells, which has no agreement to test."""
+    t = e.tests.get("cast_agreement")
+    return t is None or not np.isfinite(t.current) or t.current >= CAST_AGREEMENT
 
 
 def _brightness(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
@@ -469,7 +479,10 @@ class Fingerprinter:
             raise ValueError(f"need at least 8 reference frames, got {len(smalls)}")
         self.reference_view = ReferenceView.from_smalls(smalls, tuple(frame_size), cast_cells)
         if self.reference_view.cast is not None:  # the reference's own cast against its cells, as live frames' will be
-            props["cast_r"], props["cast_b"] = self.reference_view.cast.casts(cast_cells).T
+            casts, props["cast_agreement"] = self.reference_view.cast.casts(cast_cells)
+            props["cast_r"], props["cast_b"] = casts.T
+        else:  # without cells there is no agreement to test: the cast rule goes without it
+            props.pop("cast_agreement", None)
         props.update(_cross_fitted_geometry(smalls, tuple(frame_size)))
         # Kept in time order (NaNs included): the capture detector replays them block by block.
         self.reference_series = {k: np.asarray(v, np.float64) for k, v in props.items()}

@@ -56,6 +56,7 @@ PROPERTY_NAMES: tuple[str, ...] = (
     "saturation",  # mean HSV saturation, 0..255
     "cast_r",  # log(R / G edge strength) per 6x8 cell at 80x60, median change vs the reference's cells (cast.py)
     "cast_b",  # log(B / G edge strength)
+    "cast_agreement",  # share of the reference's strong cells that moved with the cast (cast.py); NaN without a reference's cells
     "highlights",  # fraction of clipped highlights (gray >= 250)
     "shadows",  # fraction of crushed shadows (gray <= 5)
     "blockiness",  # 8-periodic excess of pixel steps at one grid phase (JPEG)
@@ -65,6 +66,7 @@ PROPERTY_NAMES: tuple[str, ...] = (
 )
 _DIFF = PROPERTY_NAMES.index("frame_diff")
 _CAST_R, _CAST_B = PROPERTY_NAMES.index("cast_r"), PROPERTY_NAMES.index("cast_b")
+_CAST_AGREEMENT = PROPERTY_NAMES.index("cast_agreement")
 
 
 def to_frames(frames: Any, color: ColorOrder = "rgb") -> np.ndarray:
@@ -194,6 +196,7 @@ def _frame_properties(frame: np.ndarray, out: np.ndarray, cells: np.ndarray, i: 
         saturation,
         cast_r,
         cast_b,
+        np.nan,  # cast_agreement: only against a reference's cells (_compute)
         highlights,
         shadows,
         blockiness,
@@ -216,7 +219,7 @@ def _compute(
         first = np.nan if previous_small is None else float(np.abs(smalls[0] - previous_small).mean())
         values[:, _DIFF] = np.concatenate([[first], np.abs(np.diff(smalls, axis=0)).mean(axis=(1, 2))])
         if cast is not None:
-            values[:, [_CAST_R, _CAST_B]] = cast.casts(cells)
+            values[:, [_CAST_R, _CAST_B]], values[:, _CAST_AGREEMENT] = cast.casts(cells)
     return {name: values[:, k].copy() for k, name in enumerate(PROPERTY_NAMES)}, smalls, cells
 
 
