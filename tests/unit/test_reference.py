@@ -136,3 +136,14 @@ def test_cli_calibrate_on_held_out_frames(tmp_path: Path, encoder: RandomConvEnc
     # The reference's own frames are not held out: refused with a clear message.
     res = runner.invoke(calibrate, ["--reference", str(tmp_path / "r.virkref"), "--frames", str(tmp_path / "ref"), "--window", "32"])
     assert res.exit_code != 0 and "also in the reference" in res.output
+
+
+def test_the_fingerprinter_of_a_built_reference_keeps_its_sample_in_stream_order(encoder: RandomConvEncoder) -> None:
+    # brightness rises frame by frame, so stream order shows as a rising series
+    levels = np.linspace(40, 200, 60)
+    texture = photos.camera_stream("coffee", 1, size=SIZE, seed=0)[0].astype(np.float32)
+    stream = np.stack([np.clip(texture * (level / texture.mean()), 0, 255) for level in levels]).astype(np.uint8)
+    ref = build_reference(stream, encoder, progress=False, batch_size=16, fingerprint_frames=16, seed=3)
+    series = ref["default"].fingerprinter().reference_series["brightness"]
+    assert len(series) == 16
+    assert np.all(np.diff(series) > 0)  # a uniform sample of the 60, in the order they came
