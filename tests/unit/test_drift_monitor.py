@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from virk_exporter.drift.calibration import alarm_count, calibrate, wilson_upper
+from virk_exporter.drift.calibration import P_VALS, alarm_count, alarm_flags, calibrate, wilson_upper
 from virk_exporter.drift import DriftUpdate, Hysteresis, SourceDriftMonitor
 
 D = 8
@@ -109,3 +109,30 @@ def test_calibration_never_recommends_a_p_val_the_permutations_cannot_reach() ->
     assert all(s.p_val >= 1 / 201 for s in report.settings)
     assert report.recommended is None or report.recommended.p_val >= 1 / 201
     assert any("0.001 left out" in note for note in report.notes)
+
+
+def test_a_newest_samples_flag_counts_toward_an_alarm_but_never_as_the_latest_test() -> None:
+    drifts, recent = np.array([0, 1, 0, 1], bool), np.array([1, 0, 1, 0], bool)
+    assert list(alarm_flags(drifts, 2, recent=recent)) == [True, False, True]
+    assert list(alarm_flags(drifts, 2)) == [False, False, False]
+
+
+def test_calibration_counts_the_capture_tests_alarms_too() -> None:
+    rng = np.random.default_rng(8)
+    ref, heldout = clean(rng, 300), clean(rng, 16 * 40)
+    n = 40  # scheduled tests: window 16, a test every 16
+    quiet = calibrate(ref, heldout, window=16, test_every=16, n_permutations=200, target=0.05, seed=1)
+    flagged = np.zeros(n, bool)
+    flagged[5:15] = True  # the capture test flags a stretch of these clean frames
+    capture = {p: (flagged if p == 0.05 else np.zeros(n, bool), np.zeros(n, bool)) for p in P_VALS}
+    loud = calibrate(ref, heldout, window=16, test_every=16, n_permutations=200, target=0.05, seed=1, capture=capture)
+    before = {(s.p_val, s.hysteresis): s for s in quiet.settings}
+    for s in loud.settings:
+        same = before[(s.p_val, s.hysteresis)]
+        assert s.embedding_alarms == same.alarms and same.capture_alarms == 0
+        if s.p_val == 0.05:
+            assert s.capture_alarms == 11 - s.hysteresis and s.alarms >= max(s.capture_alarms, s.embedding_alarms)
+    assert loud.recommended is None or loud.recommended.p_val < 0.05 or loud.recommended.hysteresis > 1
+    assert any("capture-fault test flags" in note for note in loud.notes)
+    with pytest.raises(ValueError, match="every p_val"):
+        calibrate(ref, heldout, window=16, test_every=16, capture={0.05: capture[0.05]})

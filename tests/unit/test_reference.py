@@ -133,6 +133,14 @@ def test_cli_calibrate_on_held_out_frames(tmp_path: Path, encoder: RandomConvEnc
                                     "--window", "32", "--test-every", "16", "--n-permutations", "50", "--target", "0.05"])
     assert res.exit_code == 0, res.output
     assert "recommended: p_val=" in res.output and "9 tests" in res.output
+    assert "capture" in res.output and "only the embedding test" not in res.output  # both tests replayed
+    # frames 20 levels brighter than the reference: the capture test flags them, and calibrate counts it
+    brighter = np.clip(heldout.astype(np.int16) + 20, 0, 255).astype(np.uint8)
+    write_images(tmp_path / "brighter", brighter)
+    res = runner.invoke(calibrate, ["--reference", str(tmp_path / "r.virkref"), "--frames", str(tmp_path / "brighter"),
+                                    "--window", "32", "--test-every", "8", "--n-permutations", "50", "--target", "0.05"])
+    assert res.exit_code == 0, res.output
+    assert "capture-fault test flags 100.0% of clean windows" in res.output and "no setting keeps false alarms" in res.output
     # The reference's own frames are not held out: refused with a clear message.
     res = runner.invoke(calibrate, ["--reference", str(tmp_path / "r.virkref"), "--frames", str(tmp_path / "ref"), "--window", "32"])
     assert res.exit_code != 0 and "also in the reference" in res.output

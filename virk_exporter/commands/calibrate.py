@@ -1,4 +1,7 @@
-"""``virk-exporter calibrate``: false-alarm rate on held-out clean frames, and recommended settings."""
+"""``virk-exporter calibrate``: false-alarm rate on held-out clean frames, and recommended settings.
+
+Both tests that raise the alarm are replayed: the embedding test and, when the reference holds
+the fingerprinter, the capture-fault test on the frames' image properties."""
 
 from __future__ import annotations
 
@@ -11,8 +14,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from virk_exporter.config import default
-from virk_exporter.drift.calibration import CalibrationReport, calibrate as run_calibration
+from virk_exporter.drift.calibration import P_VALS, CalibrationReport, calibrate as run_calibration
 from virk_exporter.embed.embedders import embedder_from_id
+from virk_exporter.fingerprint.detector import replay_flags
+from virk_exporter.fingerprint.properties import compute_properties
 from virk_exporter.reference.build import Reference, read_frames, source_batches
 
 
@@ -45,39 +50,61 @@ def calibrate(
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     by_source: dict[str, list[np.ndarray]] = defaultdict(list)
+    properties: dict[str, list[dict[str, np.ndarray]]] = defaultdict(list)
+    previous: dict[str, np.ndarray] = {}
+    fingerprinters = {name: entry.fingerprinter() for name, entry in ref.sources.items()}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console) as bar:
         task = bar.add_task("embedding held-out frames", total=None)
         for source, frames in source_batches(read_frames(frames_path, every=every)):
+            fingerprinter = fingerprinters[_reference_source(source, ref)]
             by_source[source].append(embedder.embed(frames))
+            if fingerprinter is not None:
+                properties[source].append(compute_properties(frames, previous=previous.get(source), reference=fingerprinter.reference_view))
+                previous[source] = frames[-1]
             bar.advance(task, len(frames))
         reports: dict[str, CalibrationReport] = {}
         for name, parts in by_source.items():
-            target_source = name if name in ref.sources else (next(iter(ref.sources)) if len(ref.sources) == 1 else None)
-            if target_source is None:
-                raise click.ClickException(f"held-out source {name!r} is not in the reference ({', '.join(ref.sources)})")
+            target_source = _reference_source(name, ref)
             heldout = np.concatenate(parts)
             n_tests = max(0, (len(heldout) - window) // test_every + 1)
-            t = bar.add_task(f"testing {name}", total=n_tests)
+            fingerprinter = fingerprinters[target_source]
+            t = bar.add_task(f"testing {name}", total=n_tests * (1 + len(P_VALS) * (fingerprinter is not None)))
+            advance = lambda n, t=t: bar.advance(t, n)  # noqa: E731
+            capture = None
+            if fingerprinter is not None and len(heldout) >= window:
+                series = {k: np.concatenate([p[k] for p in properties[name]]) for k in properties[name][0]}
+                capture = replay_flags(fingerprinter, series, window, test_every, P_VALS, progress=advance)
             try:
                 reports[name] = run_calibration(
                     ref[target_source].embeddings, heldout, window=window, test_every=test_every,
                     n_permutations=n_permutations, target=target, seed=seed, device=device,
-                    progress=lambda n, t=t: bar.advance(t, n),
+                    progress=advance, capture=capture,
                 )
             except ValueError as exc:
                 raise click.ClickException(f"{name}: {exc}") from exc
+            if capture is None:
+                reports[name].notes.append("the reference has no fingerprinter: only the embedding test was replayed")
     for name, report in reports.items():
         print_report(console, name, report)
+
+
+def _reference_source(name: str, ref: Reference) -> str:
+    """The reference's source a held-out source is tested against (a one-source reference serves any)."""
+    if name in ref.sources:
+        return name
+    if len(ref.sources) == 1:
+        return next(iter(ref.sources))
+    raise click.ClickException(f"held-out source {name!r} is not in the reference ({', '.join(ref.sources)})")
 
 
 def print_report(console: Console, name: str, report: CalibrationReport) -> None:
     table = Table(title=f"source {name}: {report.n_heldout} held-out frames, {len(report.p_values)} tests "
                         f"(window {report.window}, every {report.test_every}) vs {report.n_reference} reference frames")
-    for col in ("p_val", "hysteresis", "false alarms", "rate", "95% upper"):
+    for col in ("p_val", "hysteresis", "false alarms", "embedding", "capture", "rate", "95% upper"):
         table.add_column(col, justify="right")
     for s in report.settings:
         mark = " ←" if s == report.recommended else ""
-        table.add_row(f"{s.p_val:g}", str(s.hysteresis), f"{s.alarms}/{s.tests}", f"{s.rate:.2%}", f"{s.upper95:.2%}{mark}")
+        table.add_row(f"{s.p_val:g}", str(s.hysteresis), f"{s.alarms}/{s.tests}", str(s.embedding_alarms), str(s.capture_alarms), f"{s.rate:.2%}", f"{s.upper95:.2%}{mark}")
     console.print(table)
     if report.recommended is None:
         console.print(f"[red]no setting keeps false alarms under {report.target:.1%}[/]")

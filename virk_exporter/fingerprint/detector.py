@@ -22,6 +22,7 @@ first fully faulty test.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -110,3 +111,26 @@ def _cause_nulls(fingerprinter: Fingerprinter, window: int) -> dict[str, Empiric
         c: EmpiricalNull(np.asarray(v), min_scale=NULL_MIN_SCALE, effective_size=independent, floor=0.0) for c, v in scores.items()
     }
 
+
+
+def replay_flags(
+    fingerprinter: Fingerprinter,
+    properties: dict[str, np.ndarray],
+    window: int,
+    test_every: int,
+    p_vals: tuple[float, ...],
+    progress: Callable[[int], None] | None = None,
+) -> dict[float, tuple[np.ndarray, np.ndarray]]:
+    """The worker's capture test over held-out frames' ``properties`` (stream order, measured
+    against ``fingerprinter``'s reference view), one test per ``test_every`` samples: per
+    ``p_val``, each test's drift and newest-samples flags (for ``drift.calibration``)."""
+    n = min((len(v) for v in properties.values()), default=0)
+    starts = range(0, n - window + 1, test_every)
+    out = {}
+    for p_val in p_vals:
+        detector = CaptureDetector(fingerprinter, window, p_val, recent=test_every)
+        results = [detector.test({k: v[s : s + window] for k, v in properties.items()}) for s in starts]
+        out[p_val] = (np.array([r.drift for r in results], bool), np.array([r.recent_drift for r in results], bool))
+        if progress:
+            progress(len(results))
+    return out
