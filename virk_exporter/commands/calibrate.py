@@ -104,7 +104,8 @@ def print_report(console: Console, name: str, report: CalibrationReport) -> None
         table.add_column(col, justify="right")
     for s in report.settings:
         mark = " ←" if s == report.recommended else ""
-        table.add_row(f"{s.p_val:g}", str(s.hysteresis), f"{s.alarms}/{s.tests}", str(s.embedding_alarms), str(s.capture_alarms), f"{s.rate:.2%}", f"{s.upper95:.2%}{mark}")
+        counts = (f"{s.alarms}/{s.tests}", str(s.embedding_alarms), str(s.capture_alarms))
+        table.add_row(f"{s.p_val:g}", str(s.hysteresis), *counts, f"{s.rate:.2%}", f"{s.upper95:.2%}{mark}")
     console.print(table)
     if report.recommended is None:
         console.print(f"[red]no setting keeps false alarms under {report.target:.1%}[/]")
