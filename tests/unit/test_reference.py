@@ -155,3 +155,16 @@ def test_the_fingerprinter_of_a_built_reference_keeps_its_sample_in_stream_order
     series = ref["default"].fingerprinter().reference_series["brightness"]
     assert len(series) == 16
     assert np.all(np.diff(series) > 0)  # a uniform sample of the 60, in the order they came
+
+
+def test_a_built_references_fingerprinter_measures_each_sampled_frame_against_its_real_predecessor(encoder: RandomConvEncoder) -> None:
+    stream = photos.camera_stream("coffee", 48, size=SIZE, seed=4)
+    ref = build_reference(stream, encoder, progress=False, batch_size=16, fingerprint_frames=12, seed=1)
+    source = ref["default"]
+    series = source.fingerprinter().reference_series
+    assert len(series["brightness"]) == 12
+    # frame_diff of a sampled frame is the stream's own (against the frame before it), not the
+    # difference between two sampled frames far apart
+    stream_diffs = source.properties["frame_diff"]
+    assert all(np.any(np.isclose(d, stream_diffs)) for d in series["frame_diff"] if np.isfinite(d))
+    assert len(source.thumbnails) == 6

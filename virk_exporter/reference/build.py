@@ -36,6 +36,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from virk_exporter.config import default
 from virk_exporter.frames import evenly_spaced
 from virk_exporter.worker.recorder import decode_image
 
@@ -183,7 +184,7 @@ def build_reference(
     sources: Sequence[str] | None = None,
     progress: bool = True,
     batch_size: int = 64,
-    fingerprint_frames: int = 128,
+    fingerprint_frames: int = default("reference_frames"),
     n_thumbnails: int = 6,
     total: int | None = None,
     seed: int = 0,
@@ -194,8 +195,9 @@ def build_reference(
     batches, or a mapping ``{source: frames}``. ``sources``: one source label per frame (for
     the array/iterable forms); default: everything is source ``"default"``. Frames are
     processed in batches, so an iterable (a video) is never held in memory; the fingerprinter
-    is fitted on a uniform random sample of at most ``fingerprint_frames`` frames per source,
-    kept in stream order (the capture test replays it block by block, as time passed).
+    is fitted on a uniform random sample of at most ``fingerprint_frames`` frames per source (as
+    many as a learned reference holds), kept in stream order (the capture test replays it block
+    by block, as time passed) and of each frame only what the fingerprinter needs.
     """
     if isinstance(frames_or_iterable, Mapping):
         if sources is not None:
@@ -234,7 +236,7 @@ def build_reference_pairs(
     embedder: Any,
     progress: bool = True,
     batch_size: int = 64,
-    fingerprint_frames: int = 128,
+    fingerprint_frames: int = default("reference_frames"),
     n_thumbnails: int = 6,
     total: int | None = None,
     seed: int = 0,
@@ -256,6 +258,18 @@ def build_reference_pairs(
     )
 
 
+@dataclass(frozen=True)
+class _Sampled:
+    """What the fingerprinter keeps of one reservoir frame, never the frame itself (a 1280x720
+    frame is 2.7 MB; this is about 80 KB)."""
+
+    arrival: int  # the frame's position in the source's stream, from 0
+    shape: tuple[int, ...]
+    small: np.ndarray  # uint8 (120, 160) gray view
+    cells: np.ndarray  # float32 (N_CAST_CELLS, 3) colour-cast cell strengths
+    thumbnail: np.ndarray
+
+
 class _SourceBuilder:
     """Accumulates one source's reference while frames stream through ``build_reference``."""
 
@@ -263,8 +277,7 @@ class _SourceBuilder:
         self.name = name
         self.embeddings: list[np.ndarray] = []
         self.properties: dict[str, list[np.ndarray]] = {}
-        self.sample: list[np.ndarray] = []  # reservoir of frames for the fingerprinter/thumbnails
-        self.arrival: list[int] = []  # each reservoir frame's position in the stream
+        self.sample: list[_Sampled] = []  # reservoir for the fingerprinter and the thumbnails
         self.seen = 0
         self.capacity = fingerprint_frames
         self.rng = rng
@@ -274,32 +287,32 @@ class _SourceBuilder:
     def add(self, frames: np.ndarray, embedder: Any) -> None:
         self.frame_shape = self.frame_shape or tuple(frames.shape[1:])
         self.embeddings.append(np.asarray(embedder.embed(frames), dtype=np.float32))
-        props = _compute_properties(frames, self.previous)
+        samples = _compute_samples(frames, self.previous)
+        self.previous = frames[-1]
+        if samples is None:  # no fingerprinter: embeddings only
+            return
+        props, smalls, cells = samples
         for k, v in props.items():
             self.properties.setdefault(k, []).append(np.asarray(v, dtype=np.float64))
-        self.previous = frames[-1]
-        for f in frames:  # reservoir sampling (Algorithm R): a uniform sample of a stream
+        for i, f in enumerate(frames):  # reservoir sampling (Algorithm R): a uniform sample of a stream
+            slot = len(self.sample) if len(self.sample) < self.capacity else int(self.rng.integers(self.seen + 1))
+            if slot < self.capacity:
+                kept = _Sampled(self.seen, f.shape, np.clip(smalls[i], 0, 255).astype(np.uint8), cells[i], thumbnail(f))
+                self.sample[slot : slot + 1] = [kept]
             self.seen += 1
-            if len(self.sample) < self.capacity:
-                self.sample.append(f)
-                self.arrival.append(self.seen)
-            else:
-                j = int(self.rng.integers(self.seen))
-                if j < self.capacity:
-                    self.sample[j], self.arrival[j] = f, self.seen
 
     def finish(self, n_thumbnails: int) -> SourceReference:
         # In stream order: a replaced slot holds a later frame, and blocks of slots in slot order
         # mix moments of the stream, which makes the capture test's null too light (vtest: 22 of
         # 90 clean tests flagged after such references, 8 in stream order; BENCHMARKS.md).
-        in_order = [self.sample[i] for i in np.argsort(self.arrival, kind="stable")]
-        sample = [f for f in in_order if f.shape == tuple(self.frame_shape)]
+        sample = sorted((s for s in self.sample if s.shape == tuple(self.frame_shape)), key=lambda s: s.arrival)
+        properties = {k: np.concatenate(v) for k, v in self.properties.items()}
         return SourceReference(
             name=self.name,
             embeddings=np.concatenate(self.embeddings),
-            properties={k: np.concatenate(v) for k, v in self.properties.items()},
-            fingerprint_state=_fingerprint_state(np.stack(sample)) if sample else None,
-            thumbnails=[thumbnail(f) for f in evenly_spaced(sample, n_thumbnails)],
+            properties=properties,
+            fingerprint_state=_fingerprint_state(sample, properties, self.frame_shape),
+            thumbnails=[s.thumbnail for s in evenly_spaced(sample, n_thumbnails)],
             frame_shape=self.frame_shape,
         )
 
@@ -312,21 +325,31 @@ def thumbnail(frame: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
     return cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
-def _compute_properties(frames: np.ndarray, previous: np.ndarray | None) -> dict[str, np.ndarray]:
+def _compute_samples(frames: np.ndarray, previous: np.ndarray | None) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray] | None:
+    """The frames' image properties (against the stream's own previous frame), gray views and
+    colour cells; None without the fingerprinter."""
     try:
-        from virk_exporter.fingerprint.properties import compute_properties
+        from virk_exporter.fingerprint.properties import compute_samples
     except ImportError:  # the fingerprinter is optional for a reference
-        return {}
-    return compute_properties(frames, previous=previous)
-
-
-def _fingerprint_state(frames: np.ndarray) -> dict[str, np.ndarray] | None:
-    try:
-        from virk_exporter.fingerprint import Fingerprinter
-    except ImportError:
         return None
+    return compute_samples(frames, previous=previous)
+
+
+def _fingerprint_state(sample: list[_Sampled], properties: dict[str, np.ndarray], frame_shape: tuple[int, ...]) -> dict[str, np.ndarray] | None:
+    """The fingerprinter fitted as the worker's learner fits it: the sampled frames' properties
+    taken from the stream (``frame_diff`` against each one's real predecessor), their views and cells."""
+    if not sample:
+        return None
+    from virk_exporter.fingerprint import Fingerprinter
+
+    at = np.array([s.arrival for s in sample])
     try:
-        fingerprinter = Fingerprinter(frames)
+        fingerprinter = Fingerprinter.from_samples(
+            {k: v[at] for k, v in properties.items()},
+            np.stack([s.small for s in sample]).astype(np.float32),
+            tuple(frame_shape[:2]),
+            cast_cells=np.stack([s.cells for s in sample]),
+        )
     except ValueError:  # too few frames for the fingerprinter's statistics: drift only
         return None
     return {k: np.asarray(v) for k, v in fingerprinter.state().items()}
