@@ -131,6 +131,10 @@ def calibrate(
     if not p_vals:
         raise ValueError(f"every p_val is below 1/(1+n_permutations) = {floor:.4g}: raise n_permutations")
     starts = np.arange(0, len(heldout) - window + 1, test_every)
+    if capture is not None:
+        missing = [p for p in p_vals if p not in capture or len(capture[p][0]) != len(starts)]
+        if missing:
+            raise ValueError(f"the capture test's flags must cover every p_val and the {len(starts)} scheduled tests (missing: {missing})")
     detector = MMDDrift(reference, n_permutations=n_permutations, p_val=max(p_vals), device=device, seed=seed)
     # The exporter's time-aware p-value (drift/monitor.py): the larger of the permutation p and
     # the rank against the reference period replayed block by block.
@@ -142,17 +146,14 @@ def calibrate(
         p_values[i] = result.p_value if null is None else max(result.p_value, null.p_value(result.statistic))
         if progress:
             progress(1)
-    if capture is not None:
-        missing = [p for p in p_vals if p not in capture or len(capture[p][0]) != len(starts)]
-        if missing:
-            raise ValueError(f"the capture test's flags must cover every p_val and the {len(starts)} scheduled tests")
     settings = []
     for h in sorted(hysteresis):
         for p in sorted(p_vals, reverse=True):
             embedding = alarm_flags(p_values <= p, h)
             captured = alarm_flags(capture[p][0], h, recent=capture[p][1]) if capture is not None else np.zeros_like(embedding)
             k, n = int((embedding | captured).sum()), int(embedding.size)
-            settings.append(Setting(p, h, k, n, k / n if n else float("nan"), wilson_upper(k, n), int(embedding.sum()), int(captured.sum())))
+            rate = k / n if n else float("nan")
+            settings.append(Setting(p, h, k, n, rate, wilson_upper(k, n), int(embedding.sum()), int(captured.sum())))
     # Most sensitive first: fewest confirmations, then the largest p_val. Prefer settings whose
     # 95% upper bound is under the target; with too few tests for that, the measured rate.
     ok = [s for s in settings if s.tests > 0 and s.upper95 <= target] or [
@@ -163,19 +164,19 @@ def calibrate(
         if s.tests >= 10 and s.capture_alarms > 2 * p * s.tests and s.capture_alarms >= 3:
             notes.append(
                 f"at p_val={p:g} the capture-fault test flags {s.capture_alarms / s.tests:.1%} of clean windows "
-                f"(expected {p:.1%}): its bars come from the reference period replayed, and this reference does not "
-                "show what these frames show. Build or learn it from a longer period of the source's normal scene "
-                "(reference_period_s for a learned one); references spanning under a minute flagged 6-43 % of clean tests on real "
-                "footage (BENCHMARKS.md, reference span)."
+                f"(expected {p:.1%}): its bars come from the reference period replayed, and this reference does "
+                "not show what these frames show. Build or learn it from a longer period of the source's normal "
+                "scene (reference_period_s for a learned one); references spanning under a minute flagged 6-43 % "
+                "of clean tests on real footage (BENCHMARKS.md, reference span)."
             )
             break
     for p, s in raw.items():
         if s.tests >= 10 and s.embedding_alarms > 2 * p * s.tests and s.embedding_alarms >= 3:
             notes.append(
-                f"at p_val={p:g} the embedding test alarms on {s.embedding_alarms / s.tests:.1%} of clean windows (expected {p:.1%}): the held-out "
-                "frames are not exchangeable with the reference — consecutive frames are correlated or the "
-                "reference misses conditions these frames show. Use a larger, more varied reference, or "
-                "sample frames further apart (a larger `sample`)."
+                f"at p_val={p:g} the embedding test alarms on {s.embedding_alarms / s.tests:.1%} of clean windows "
+                f"(expected {p:.1%}): the held-out frames are not exchangeable with the reference — consecutive "
+                "frames are correlated or the reference misses conditions these frames show. Use a larger, more "
+                "varied reference, or sample frames further apart (a larger `sample`)."
             )
             break
     n_tests = len(p_values)

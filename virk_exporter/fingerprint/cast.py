@@ -14,10 +14,12 @@ white balance all of them. So a gain also moves them *alike*: the cast's agreeme
 of the strong cells that moved with it) is near 1 under a white-balance fault, and near a half
 where a codec's chroma loss, fog's airlight or saturation move each cell's ratio by its own
 content (TUNE photographs, 10th / 90th percentiles of the windows: casts >= 0.88 at every
-severity; h264, JPEG, fog and ImageNet-C saturate <= 0.79; clean frames about 0.55). The median of a frame's own cells (the cast without a reference,
-and of references saved before the cells were kept) moves when a few new cells fall on the
-other side of a scene whose cells differ in colour: on TUNE photographs an object of 3-10 % of
-the view moved it past ``MIN_CAST`` in 17-33 % of windows, this way in none (BENCHMARKS.md).
+severity; h264, JPEG, fog and ImageNet-C saturate <= 0.79; clean frames about 0.55).
+
+The median of a frame's own cells (the cast without a reference, and of references saved
+before the cells were kept) moves when a few new cells fall on the other side of a scene whose
+cells differ in colour: on TUNE photographs an object of 3-10 % of the view moved it past
+``MIN_CAST`` in 17-33 % of windows, this way in none (BENCHMARKS.md).
 """
 
 from __future__ import annotations

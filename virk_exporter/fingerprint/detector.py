@@ -112,7 +112,6 @@ def _cause_nulls(fingerprinter: Fingerprinter, window: int) -> dict[str, Empiric
     }
 
 
-
 def replay_flags(
     fingerprinter: Fingerprinter,
     properties: dict[str, np.ndarray],
