@@ -17,7 +17,6 @@ from virk_exporter.config import default
 from virk_exporter.drift.calibration import P_VALS, CalibrationReport, calibrate as run_calibration
 from virk_exporter.embed.embedders import embedder_from_id
 from virk_exporter.fingerprint.detector import replay_flags
-from virk_exporter.fingerprint.properties import compute_properties
 from virk_exporter.reference.build import Reference, read_frames, source_batches
 
 
@@ -59,7 +58,7 @@ def calibrate(
             fingerprinter = fingerprinters[_reference_source(source, ref)]
             by_source[source].append(embedder.embed(frames))
             if fingerprinter is not None:
-                properties[source].append(compute_properties(frames, previous=previous.get(source), reference=fingerprinter.reference_view))
+                properties[source].append(fingerprinter.properties(frames, previous=previous.get(source)))
                 previous[source] = frames[-1]
             bar.advance(task, len(frames))
         reports: dict[str, CalibrationReport] = {}
