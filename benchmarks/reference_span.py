@@ -46,17 +46,10 @@ WINDOW, EVERY, P_VAL = default("window"), default("test_every"), default("p_val"
 
 
 def effect_tail_bar(null: EmpiricalNull, alpha: float) -> float:
-    """The bar of the comparison family: ``null``'s construction (tail from its largest value at
-    that value's conformal p-value, scale the mean excess over the median of the open-gate
-    values) carried out on ``expm1`` of the scores, and mapped back."""
-    effects = np.expm1(null.values)
-    body = effects[null.values > 0.0] if (null.values > 0.0).any() else effects
-    median = float(np.quantile(body, 0.5))
-    excess = body[body > median] - median
-    scale = max(float(excess.mean()) if excess.size else 0.0, float(np.expm1(NULL_MIN_SCALE)))
-    k = float(null.effective_size)
-    top_p = (1.0 + k / null.size) / (1.0 + k)
-    return max(MIN_SCORE, float(np.log1p(effects[-1] + scale * np.log(top_p / alpha))))
+    """The bar of the comparison family: ``null``'s own construction (``EmpiricalNull`` with the
+    same effective size, floor and minimum scale) on ``expm1`` of the scores, mapped back."""
+    effects = EmpiricalNull(np.expm1(null.values), min_scale=float(np.expm1(NULL_MIN_SCALE)), effective_size=null.effective_size, floor=0.0)
+    return max(MIN_SCORE, float(np.log1p(effects.threshold(alpha))))
 
 
 def reference_runs(frames: np.ndarray, length: int, every: int, horizon: int) -> list[dict[str, Any]]:
