@@ -101,21 +101,23 @@ def test_an_accepted_alert_survives_kill_9_of_the_worker(tmp_path):
     server = exporter.serve(port=0)
     try:
         assert exporter.wait_ready(120)
-        pid = exporter._worker._started.pid  # noqa: SLF001 - the test needs the real process to kill
+        worker = exporter._worker._started  # noqa: SLF001 - the test needs the real process to kill
+        pid = worker.pid
         os.kill(pid, signal.SIGSTOP)  # frozen: it cannot build before it dies
         body = make_alert_payload(MODEL, fingerprint="feedfacecafe0001", starts_at=datetime.now(timezone.utc) - timedelta(seconds=5))
         request = urllib.request.Request(f"{server.url}/api/v1/alerts", data=body, method="POST", headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 202
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: exporter._worker._started.poll() is not None, timeout=10, what="the worker to die")  # noqa: SLF001
+        # this process, not the handle's current one: the supervisor may have started the next
+        wait_until(lambda: worker.poll() is not None, timeout=10, what="the worker to die")
 
         @exporter.monitor
         def predict(frames):
             return np.zeros(len(frames))
 
         def rebuilt():
-            predict(np.zeros((1, 32, 32, 3), np.uint8))  # today a dead worker is restarted by the next call
+            predict(np.zeros((1, 32, 32, 3), np.uint8))  # calls go on across the restart (the supervisor starts the next worker)
             return LocalStore(tmp_path / "store").list(MODEL)
 
         objects = wait_until(rebuilt, timeout=120, interval=1.0, what="the bundle after the restart")
