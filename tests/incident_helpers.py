@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import skimage.data
 
-from virk_exporter.fingerprint import Fingerprinter
+from virk_exporter.fingerprint import CaptureDetector, Fingerprinter
 from virk_exporter.reference.build import Reference, SourceReference
 
 from virk_exporter.incidents.bundle import IncidentContext
@@ -97,6 +97,9 @@ def context(n_frames: int = 16, size: tuple[int, int] = (640, 480), onset: int |
                 properties={k: float(v[i]) for k, v in measured.items()},
             )
         )
+    window = {k: v[onset:] for k, v in measured.items()}
+    config = {"window": max(2, n_frames - onset), "n_permutations": 100, "p_val": 0.05}
+    capture = CaptureDetector(fingerprinter, config["window"], config["p_val"]).test(window, embedding_drift=True)  # as the worker tests
     timeline = [
         {
             "timestamp": 1_764_118_800.0 + i,
@@ -104,20 +107,20 @@ def context(n_frames: int = 16, size: tuple[int, int] = (640, 480), onset: int |
             "statistic": 0.01 if i < onset else 0.3,
             "p_value": 0.6 if i < onset else 0.005,
             "threshold": 0.05,
+            "drift": i >= onset,
             "detected": i >= onset,
-            "fingerprint": "brightness" if i >= onset else "none",
+            "capture": {"drift": capture.drift if i >= onset else False},
+            "fingerprint": capture.diagnosis.top if i >= onset else "none",
         }
         for i in range(0, n_frames, 2)
     ]
-    window = {k: v[onset:] for k, v in measured.items()}
-    diagnosis = fingerprinter.diagnose(properties=window, embedding_drift=True)
     reference_embeddings = rng.normal(size=(32, 8)).astype(np.float32)
     return IncidentContext(
         frames=frames,
         reference_frames=reference,
-        embeddings={"reference": reference_embeddings, "window/cam1": rng.normal(2.0, 1.0, size=(16, 8)).astype(np.float32)},
+        embeddings={"reference": reference_embeddings, "window/cam1": rng.normal(2.0, 1.0, size=(config["window"], 8)).astype(np.float32)},
         drift_timeline=timeline,
-        diagnosis={"cam1": diagnosis.to_dict()},
+        diagnosis={"cam1": capture.diagnosis.to_dict()},
         reference_file=reference_file(fingerprinter, reference_embeddings),
-        config={"window": max(2, n_frames - onset), "n_permutations": 100, "p_val": 0.05},
+        config=config,
     )

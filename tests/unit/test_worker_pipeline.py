@@ -4,7 +4,9 @@ through a subprocess, driven directly."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 
@@ -20,6 +22,8 @@ from virk_exporter.telemetry.metrics import WorkerMetrics
 from virk_exporter.wire.transport import Arrays, BatchInfo
 from virk_exporter.worker.pipeline import Monitor
 from virk_exporter.worker.results import DriftResult
+
+from incident_helpers import photos as incident_photos
 
 SETTINGS = {"reference_period_s": 0, "reference_frames": 40, "window": 16, "test_every": 8, "hysteresis": 1}
 
@@ -130,6 +134,37 @@ def test_a_bundle_carries_the_sampled_frames_the_last_test_judged_and_replay_jud
     cause = [c for c in replayed.comparisons if c.what == "cause"]
     assert cause and cause[0].recorded == cause[0].replayed == "noise", replayed
     assert not any("not all in the bundle" in note for note in replayed.notes), replayed.notes
+
+
+@pytest.mark.parametrize("dark", [8, 16])
+def test_replay_reproduces_a_window_the_onset_splits(tmp_path, dark):
+    """A page often arrives on the first test that drifts, whose window holds clean and faulty
+    samples: its embedding test is near its bar, its capture test below theirs. Replay reruns
+    both as the worker ran them (time-aware p-value, the source's permutations, the calibrated
+    cause bars), not a plain permutation test and a bar-free diagnosis."""
+    base = [cv2.resize(p, (320, 240), interpolation=cv2.INTER_AREA) for p in incident_photos()]
+    rng = np.random.default_rng(0)
+
+    def frames(n: int, gain: float = 1.0) -> np.ndarray:
+        batch = np.stack([base[int(i)] for i in rng.integers(0, len(base), n)]).astype(np.int16)
+        batch += rng.integers(-6, 7, batch.shape, dtype=np.int16)
+        return np.clip(batch * gain, 0, 255).astype(np.uint8)
+
+    monitor, _ = make(tmp_path, reference_frames=64, window=32, test_every=16)
+    feed(monitor, frames(96))
+    feed(monitor, np.concatenate([frames(32 - dark), frames(dark, gain=0.35)]), start=1_000_200.0, first_id=96, batch_size=16)
+    state = monitor.analysis.sources["cam"]
+    recorded = monitor.incidents.context(alert("cam"))
+    replayed = replay(read_bundle(build_bundle(alert("cam"), "unit", recorded)[0]))
+    assert replayed.reproduced, replayed
+    p_value = next(c for c in replayed.comparisons if c.what == "p_value")
+    assert p_value.recorded == p_value.replayed  # the worker's permutations, the same statistic
+    cause = next(c for c in replayed.comparisons if c.what == "cause")
+    if dark == 16:  # the embedding test drifts; brightness scores, but below its calibrated bar
+        assert state.last.drift and cause.recorded == cause.replayed == "content", replayed
+        assert state.baseline.fingerprinter.diagnose(properties=state.window_properties(), embedding_drift=True).top == "brightness"
+    else:  # below both bars
+        assert not state.last.drift and cause.recorded == cause.replayed == "none", replayed
 
 
 def test_a_failing_stage_is_counted_and_the_batch_dropped(tmp_path):

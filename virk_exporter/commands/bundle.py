@@ -75,7 +75,7 @@ def show(file: str) -> None:
 @bundle.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--predict", "predict_spec", help="module:function to re-run over the recorded frames.")
-@click.option("--strict", is_flag=True, help="Exit 1 unless drift decision and top cause are reproduced.")
+@click.option("--strict", is_flag=True, help="Exit 1 unless the worker's drift, capture and cause decisions are reproduced.")
 def replay(file: str, predict_spec: str | None, strict: bool) -> None:
     """Re-run predict over the frames; recompute drift and diagnosis; compare with the recording."""
     from virk_exporter.incidents.replay import load_function, replay as run_replay

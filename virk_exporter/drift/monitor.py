@@ -13,18 +13,26 @@ second; a real change fails both.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from virk_exporter.config import default
-from virk_exporter.drift.mmd import MMDDrift, block_null_statistics
+from virk_exporter.drift.mmd import MMDDrift, MMDResult, block_null_statistics
 from virk_exporter.drift.null import EmpiricalNull
 from virk_exporter.drift.online import OnlineMMDDrift
 
 log = logging.getLogger("virk_exporter.drift")
+
+
+def source_seed(source: str) -> int:
+    """The seed of a source's tests (permutations, bandwidth subsample): fixed by its name, so
+    a replay of its recorded window draws the worker's permutations."""
+    return zlib.crc32(source.encode())
 
 
 class Hysteresis:
@@ -143,6 +151,16 @@ class SourceDriftMonitor:
         idx = (self._head - n + np.arange(n)) % self.window
         return self._buffer[idx]
 
+    def test(self, window: np.ndarray) -> MMDResult:
+        """One test of ``window`` (m×d) as :meth:`update` runs it: the permutation p-value, or
+        the time-aware one when larger (replay tests a bundle's recorded window with this)."""
+        result = self.mmd.test(window)
+        if self.null is None:
+            return result
+        p_value = max(result.p_value, self.null.p_value(result.statistic))
+        threshold = max(result.threshold, self.null.threshold(self.p_val))
+        return dataclasses.replace(result, p_value=p_value, threshold=threshold, drift=p_value <= self.p_val)
+
     def update(self, embeddings: np.ndarray) -> DriftUpdate | None:
         """Feed a batch (k×d) of this source's embeddings; returns a result when a test ran.
 
@@ -162,18 +180,13 @@ class SourceDriftMonitor:
         if self.frames_seen < self.window or self._since_test < self.test_every:
             return None
         self._since_test = 0
-        result = self.mmd.test(self.current_window())
-        p_value, threshold = result.p_value, result.threshold
-        if self.null is not None:
-            p_value = max(p_value, self.null.p_value(result.statistic))
-            threshold = max(threshold, self.null.threshold(self.p_val))
-        drift = p_value <= self.p_val
+        result = self.test(self.current_window())
         self.last = DriftUpdate(
             statistic=result.statistic,
-            p_value=p_value,
-            threshold=threshold,
-            drift=drift,
-            detected=self.hysteresis.update(drift),
+            p_value=result.p_value,
+            threshold=result.threshold,
+            drift=result.drift,
+            detected=self.hysteresis.update(result.drift),
             frames_seen=self.frames_seen,
             online_statistic=None if online is None else online.statistic,
             online_threshold=None if online is None else online.threshold,

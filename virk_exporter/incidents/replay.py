@@ -5,15 +5,19 @@ Everything is computed from the bundle alone (plus the user's code), so a laptop
 production stack reproduces the incident. Parts that need a component this installation lacks
 (an embedder that wraps user code, a missing fingerprinter) are reported as notes, not errors.
 
-Drift, per source: reference embeddings come from the bundled ``.virkref`` when present
-(``virk_exporter.reference.build.Reference.load``), else from ``embeddings.npz`` (``reference/<source>``
-or ``reference``); the
-tested window (the frames the worker's last test judged, ``diagnosis.<source>.frame_ids``; else
-the last ``window`` frames) is re-embedded with the recorded embedder
-(``config["embedder_id"]``) when it can be rebuilt, else taken from
-``embeddings.npz["window/<source>"]``. The test is ``virk_exporter.drift.MMDDrift`` with the
-recorded ``n_permutations`` and ``p_val`` and a fixed seed. Diagnosis: the reference's own
-fingerprinter (saved state in the ``.virkref``) over the same tested frames.
+Both of the worker's tests are rerun as the worker ran them, on the window it last tested (the
+frames of ``diagnosis.<source>.frame_ids``; else the last ``window`` frames), once from the
+worker's own inputs (counted in ``reproduced``) and once from the recorded pixels (shown):
+
+* embedding test: ``SourceDriftMonitor.test`` with the recorded ``window``, ``n_permutations``
+  and ``p_val`` and the source's seed, against the reference embeddings of the bundled
+  ``.virkref`` (``virk_exporter.reference.build.Reference.load``; else ``embeddings.npz``
+  ``reference/<source>`` or ``reference``); on ``embeddings.npz["window/<source>"]``, and on
+  the frames re-embedded with the recorded embedder (``config["embedder_id"]``) when it can be
+  rebuilt;
+* capture test: ``CaptureDetector`` over the reference's own fingerprinter (saved state in the
+  ``.virkref``), with its calibrated bars; on the per-frame properties in the manifest, and on
+  properties measured from the recorded frames.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ class Comparison:
     """One recorded value beside its replayed one (drift decision, p-value, cause, predict)."""
 
     source: str
-    what: str  # "drift", "p_value", "cause", "predict"
+    what: str  # "drift", "p_value", "drift (pixels)", "capture", "cause", "cause (pixels)", "predict"
     recorded: Any
     replayed: Any
 
@@ -47,7 +51,7 @@ class Comparison:
     def match(self) -> bool | None:
         """Decisions are compared; p-values and outputs are shown side by side only (a
         permutation p-value and a summary string are not expected to be bit-identical)."""
-        if self.what not in ("drift", "cause", "cause (pixels)") or self.recorded is None or self.replayed is None:
+        if self.what not in ("drift", "drift (pixels)", "capture", "cause", "cause (pixels)") or self.recorded is None or self.replayed is None:
             return None
         return self.recorded == self.replayed
 
@@ -62,9 +66,9 @@ class ReplayResult:
 
     @property
     def reproduced(self) -> bool:
-        """Every comparison that could be made agrees (drift decision, top cause from the
-        worker's measurements)."""
-        decided = [c.match for c in self.comparisons if c.what in ("drift", "cause") and c.match is not None]
+        """Every comparison of the worker's own inputs agrees (the embedding test on the recorded
+        window embeddings, the capture test and its top cause on the recorded properties)."""
+        decided = [c.match for c in self.comparisons if c.what in ("drift", "capture", "cause") and c.match is not None]
         return bool(decided) and all(decided)
 
 
@@ -143,17 +147,18 @@ def _reference(bundle: Bundle, notes: list[str]) -> _Reference:
     return _Reference(embeddings, embedder_id, fingerprinters)
 
 
-def _window(bundle: Bundle, source: str, frames: list[np.ndarray], embedder_id: str | None, notes: list[str]) -> np.ndarray | None:
-    if embedder_id:
-        try:
-            from virk_exporter.embed.embedders import embedder_from_id
+def _reembedded(frames: list[np.ndarray], embedder_id: str | None, source: str, notes: list[str]) -> np.ndarray | None:
+    """The recorded frames through the recorded embedder, when this installation rebuilds it."""
+    if not embedder_id:
+        return None
+    try:
+        from virk_exporter.embed.embedders import embedder_from_id
 
-            _check_embedder_id(embedder_id)
-            embedder = embedder_from_id(embedder_id)
-            return embedder.embed(np.stack(frames))
-        except Exception as error:  # noqa: BLE001
-            notes.append(f"{source}: frames not re-embedded ({error}); using the recorded window embeddings")
-    return bundle.embeddings().get(f"window/{source}")
+        _check_embedder_id(embedder_id)
+        return embedder_from_id(embedder_id).embed(np.stack(frames))
+    except Exception as error:  # noqa: BLE001
+        notes.append(f"{source}: frames not re-embedded ({error}); drift only from the recorded window embeddings")
+        return None
 
 
 MAX_EMBED_SIZE = 256  # the image encoder's input side; the default is 64, 3000 would need ~9 GB
@@ -182,7 +187,8 @@ def _recorded_drift(bundle: Bundle, source: str) -> DriftResult | None:
     return max(points, key=lambda p: p.timestamp) if points else None
 
 
-def replay(bundle: Bundle, predict: Callable[..., Any] | None = None, batch_size: int = 32, seed: int = 0) -> ReplayResult:
+def replay(bundle: Bundle, predict: Callable[..., Any] | None = None, batch_size: int = 32, seed: int | None = None) -> ReplayResult:
+    """``seed``: the embedding test's permutations; None draws the worker's (``source_seed``)."""
     result = ReplayResult()
     config = bundle.manifest.get("config", {})
     groups = _by_source(bundle)
@@ -201,7 +207,7 @@ def replay(bundle: Bundle, predict: Callable[..., Any] | None = None, batch_size
                            f"{len(frames)} frames in {time.perf_counter() - started:.2f}s; first: {summarize(outputs[0])}")
             )
         drift = _replay_drift(bundle, result, source, [frame for _, frame in tested], reference, config, seed)
-        _replay_diagnosis(bundle, result, source, tested, reference, drift)
+        _replay_capture(bundle, result, source, tested, reference, config, drift)
     return result
 
 
@@ -217,47 +223,72 @@ def _tested(bundle: Bundle, source: str, items: list[tuple[dict, np.ndarray]], s
     return items[-size:]
 
 
-def _replay_drift(bundle, result, source, frames, reference: _Reference, config, seed) -> bool | None:
+def _replay_drift(bundle, result, source, frames, reference: _Reference, config, seed: int | None) -> bool | None:
+    """The worker's embedding test (``SourceDriftMonitor.test``: the permutation and time-aware
+    p-values, the source's own permutations) on the window it tested, from two inputs:
+
+    * ``drift``: the recorded window embeddings (``embeddings.npz``): the worker's own
+      computation, reproducible exactly;
+    * ``drift (pixels)``: the recorded frames re-embedded. JPEG-recorded frames embed a little
+      differently from the raw ones, and against a small reference that can be enough to
+      drift, so this one is shown, not counted in ``reproduced``.
+
+    Returns the decision the diagnosis takes as the embedding test's (the recorded window's
+    when the bundle has it)."""
     recorded = _recorded_drift(bundle, source)
     reference_embeddings = reference.for_source(source, reference.embeddings)
     if reference_embeddings is None:
         result.notes.append(f"{source}: no reference embeddings in the bundle; drift not recomputed")
         return None
-    window = _window(bundle, source, frames, reference.embedder_id, result.notes)
-    if window is None or len(window) < 2:
-        result.notes.append(f"{source}: no window to test; drift not recomputed")
-        return None
+    windows = {
+        "drift": bundle.embeddings().get(f"window/{source}"),
+        "drift (pixels)": _reembedded(frames, reference.embedder_id, source, result.notes),
+    }
+    decided: list[bool] = []
     try:
-        from virk_exporter.drift import MMDDrift
+        from virk_exporter.drift.monitor import SourceDriftMonitor, source_seed
 
-        detector = MMDDrift(
+        monitor = SourceDriftMonitor(
             reference_embeddings,
+            window=_config_int(config, "window", default("window"), 4096),
             n_permutations=_config_int(config, "n_permutations", default("n_permutations"), 10_000),
             p_val=float(config.get("p_val", default("p_val"))),
-            seed=seed,
+            online_ert=None,
+            seed=source_seed(source) if seed is None else seed,
         )
-        test = detector.test(np.asarray(window, np.float32))
+        for what, window in windows.items():
+            if window is None or len(window) < 2:
+                continue
+            test = monitor.test(np.asarray(window, np.float32))
+            result.comparisons.append(Comparison(source, what, None if recorded is None else recorded.drift, bool(test.drift)))
+            if what == "drift":
+                recorded_p = None if recorded is None or recorded.p_value is None else round(recorded.p_value, 4)
+                result.comparisons.append(Comparison(source, "p_value", recorded_p, round(float(test.p_value), 4)))
+            decided.append(bool(test.drift))
     except Exception as error:  # noqa: BLE001
         result.notes.append(f"{source}: drift not recomputed ({type(error).__name__}: {error})")
         return None
-    result.comparisons.append(Comparison(source, "drift", None if recorded is None else recorded.detected, bool(test.drift)))
-    recorded_p = None if recorded is None or recorded.p_value is None else round(recorded.p_value, 4)
-    result.comparisons.append(Comparison(source, "p_value", recorded_p, round(float(test.p_value), 4)))
-    return bool(test.drift)
+    if not decided:
+        result.notes.append(f"{source}: no window to test; drift not recomputed")
+    return decided[0] if decided else None
 
 
-def _replay_diagnosis(bundle, result, source, window, reference: _Reference, drift: bool | None) -> None:
-    """Two diagnoses with the reference's fingerprinter (from the .virkref; else one built from
-    the bundled reference samples), over the tested window of this source:
+def _replay_capture(bundle, result, source, window, reference: _Reference, config, drift: bool | None) -> None:
+    """The worker's capture test (``CaptureDetector``: the reference's fingerprinter from the
+    .virkref, else one built from the bundled reference samples, and the bars calibrated on it)
+    over the tested window of this source:
 
-    * ``cause``: from the per-frame properties the worker measured on the raw frames (in the
-      manifest): the worker's own computation, reproducible exactly;
+    * ``capture`` and ``cause``: from the per-frame properties the worker measured on the raw
+      frames (in the manifest): the worker's own computation, reproducible exactly;
     * ``cause (pixels)``: from the recorded pixels. JPEG-recorded frames carry compression
       artefacts the raw frames did not have, so this one can differ (record_format="png" for
       pixel-exact replay); it is shown, not counted in ``reproduced``.
     """
-    recorded = bundle.manifest.get("diagnosis", {}).get(source, {}).get("top")
+    recorded = _recorded_drift(bundle, source)
+    recorded_top = bundle.manifest.get("diagnosis", {}).get(source, {}).get("top")
     try:
+        from virk_exporter.fingerprint import CaptureDetector
+
         fingerprinter = reference.for_source(source, reference.fingerprinters)
         if fingerprinter is None:
             samples = bundle.reference_frames()
@@ -268,15 +299,22 @@ def _replay_diagnosis(bundle, result, source, window, reference: _Reference, dri
 
             fingerprinter = Fingerprinter(np.stack(samples), color="rgb")
             result.notes.append(f"{source}: diagnosis against the {len(samples)} bundled reference samples (no .virkref)")
+        detector = CaptureDetector(
+            fingerprinter,
+            _config_int(config, "window", default("window"), 4096),
+            float(config.get("p_val", default("p_val"))),
+            recent=_config_int(config, "test_every", default("test_every"), 4096),
+        )
         measured = [entry.get("properties") or {} for entry, _ in window]
         names = set.intersection(*(set(p) for p in measured)) if measured else set()
         if names:
             properties = {k: np.array([p[k] for p in measured], np.float64) for k in sorted(names)}
-            diagnosis = fingerprinter.diagnose(properties=properties, embedding_drift=drift)
-            result.comparisons.append(Comparison(source, "cause", recorded, diagnosis.top))
+            capture = detector.test(properties, embedding_drift=drift)
+            result.comparisons.append(Comparison(source, "capture", None if recorded is None else recorded.capture_drift, capture.drift))
+            result.comparisons.append(Comparison(source, "cause", recorded_top, capture.diagnosis.top))
         else:
             result.notes.append(f"{source}: no recorded frame properties; cause only recomputed from pixels")
-        pixels = fingerprinter.diagnose(np.stack([frame for _, frame in window]), embedding_drift=drift)
-        result.comparisons.append(Comparison(source, "cause (pixels)", recorded, pixels.top))
+        pixels = detector.test(fingerprinter.properties(np.stack([frame for _, frame in window])), embedding_drift=drift)
+        result.comparisons.append(Comparison(source, "cause (pixels)", recorded_top, pixels.diagnosis.top))
     except Exception as error:  # noqa: BLE001
         result.notes.append(f"{source}: diagnosis not recomputed ({type(error).__name__}: {error})")

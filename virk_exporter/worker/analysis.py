@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import zlib
 from collections import deque
 from typing import Any, Sequence
 
 import numpy as np
 
 from virk_exporter.config import ExporterConfig
-from virk_exporter.drift.monitor import DriftUpdate, Hysteresis, SourceDriftMonitor
+from virk_exporter.drift.monitor import DriftUpdate, Hysteresis, SourceDriftMonitor, source_seed
 from virk_exporter.drift.slices import TOP_K, SliceTracker
 from virk_exporter.embed.embedders import OutputsEmbedder
 from virk_exporter.fingerprint import CaptureDetector, CaptureResult
@@ -66,7 +65,7 @@ class SourceAnalysis:
         self.diagnosis: Any = None
         self.cause = "none"  # the capture cause named while the capture detector is on
         # Slices (slices.py): recent (embedding, tags) pairs, ranked while drift is detected.
-        self.slices = SliceTracker(capacity=4 * config.window, rerank_every=config.window, seed=zlib.crc32(name.encode()))
+        self.slices = SliceTracker(capacity=4 * config.window, rerank_every=config.window, seed=source_seed(name))
 
     @property
     def detected(self) -> bool:
@@ -97,7 +96,7 @@ class SourceAnalysis:
             p_val=config.p_val,
             hysteresis=config.hysteresis,
             device=config.device,
-            seed=zlib.crc32(self.name.encode()),
+            seed=source_seed(self.name),
         )
         self.baseline = baseline
         self.detectors = Detectors(embedding, CaptureDetector(baseline.fingerprinter, config.window, config.p_val, recent=config.test_every))
