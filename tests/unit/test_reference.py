@@ -114,12 +114,31 @@ def test_cli_build_from_directory_and_video(tmp_path: Path, frames: np.ndarray) 
     assert sum(1 for _ in read_frames(video)) == 24
     res = runner.invoke(reference, ["build", "--frames", str(video), "--out", str(tmp_path / "v.virkref"), "--every", "2", "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert Reference.load(tmp_path / "v.virkref")["default"].n_frames == 12
+    built = Reference.load(tmp_path / "v.virkref")["default"]
+    assert built.n_frames == 12 and built.span_s == pytest.approx(2.3)  # 24 frames at 10 fps, whatever --every keeps
+    assert "spanning 2.3 s of footage" in res.output and "warning" in res.output and "under 60 s" in res.output
+    assert Reference.load(out)["default"].span_s is None  # images carry no time
 
     res = runner.invoke(reference, ["build", "--frames", str(tmp_path / "empty"), "--out", str(out)])
     assert res.exit_code != 0
     res = runner.invoke(reference, ["show", str(out)])
     assert res.exit_code == 0 and "12 frames" in res.output and RandomConvEncoder().id in res.output
+    assert "footage span not known" in res.output
+
+
+@pytest.mark.parametrize("written, read", [(12.5, 12.5), (0, 0.0), ("12", None), (-1.0, None), (float("nan"), None), (True, None), (None, None)])
+def test_a_references_footage_span_round_trips_and_a_hostile_one_reads_as_not_known(tmp_path: Path, encoder: RandomConvEncoder, frames: np.ndarray, written, read) -> None:
+    path = build_reference(frames[:4], encoder, progress=False, span_s=3.0).save(tmp_path / "r.virkref")
+    assert Reference.load(path)["default"].span_s == 3.0
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    header = json.loads(members["header.json"])
+    header["sources"][0]["span_s"] = written
+    members["header.json"] = json.dumps(header).encode()
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, data in members.items():
+            zf.writestr(n, data)
+    assert Reference.load(path)["default"].span_s == read
 
 
 def test_cli_calibrate_on_held_out_frames(tmp_path: Path, encoder: RandomConvEncoder) -> None:

@@ -167,6 +167,21 @@ def test_replay_reproduces_a_window_the_onset_splits(tmp_path, dark):
         assert not state.last.drift and cause.recorded == cause.replayed == "none", replayed
 
 
+def test_a_reference_over_a_short_span_of_footage_is_warned_about_and_its_span_kept(tmp_path, caplog):
+    monitor, _ = make(tmp_path)
+    with caplog.at_level("WARNING", logger="virk_exporter.worker"):
+        feed(monitor, stream(48))  # the reference: 5 batches of 8, stamped 8 s apart: 32 s
+    status = monitor.command("status")["sources"]["cam"]
+    assert status["phase"] == "watching" and status["reference_origin"] == "learned" and status["reference_span_s"] == 32.0
+    warned = [r.getMessage() for r in caplog.records if "spans 32.0 s of footage" in r.getMessage()]
+    assert len(warned) == 1 and "'cam'" in warned[0] and "reference_period_s" in warned[0], caplog.text
+    # kept with the stored reference: a restart warns again and says the same span
+    context = monitor.incidents.context(alert("cam"))
+    from virk_exporter.reference.store import from_bytes
+
+    assert from_bytes(context.reference_file, "cam", monitor.analysis.embedder.id).span_s == 32.0
+
+
 def test_a_failing_stage_is_counted_and_the_batch_dropped(tmp_path):
     monitor, registry = make(tmp_path)
     monitor.command("fail_stage", "record")

@@ -6,7 +6,8 @@ import click
 from rich.console import Console
 
 from virk_exporter.embed.embedders import RandomConvEncoder
-from virk_exporter.reference.build import build_reference_pairs, count_frames, read_frames
+from virk_exporter.reference.baseline import SHORT_SPAN_S
+from virk_exporter.reference.build import build_reference_pairs, count_frames, footage_span_s, read_frames
 
 
 @click.group("reference")
@@ -26,19 +27,30 @@ def build(frames_path: str, out: str, every: int, seed: int, device: str | None,
     console = Console(stderr=True)
     encoder = RandomConvEncoder(seed=seed, device=device)
     total = count_frames(frames_path)
+    span = footage_span_s(frames_path)
     try:
         ref = build_reference_pairs(
             read_frames(frames_path, every=every),
             encoder,
             progress=progress,
             total=None if total is None else -(-total // every),
+            span_s=span,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     path = ref.save(out)
     for name, src in ref.sources.items():
-        console.print(f"source [bold]{name}[/]: {src.n_frames} frames, {src.embeddings.shape[1]}-d embeddings")
+        console.print(f"source [bold]{name}[/]: {src.n_frames} frames, {src.embeddings.shape[1]}-d embeddings, {_span_text(src.span_s)}")
     console.print(f"wrote {path} (embedder {ref.embedder_id})")
+    if span is not None and span < SHORT_SPAN_S:
+        console.print(
+            f"[yellow]warning:[/] the video spans {span:.1f} s; on real cameras references under {SHORT_SPAN_S:.0f} s flagged "
+            "6-43 % of clean tests (BENCHMARKS.md): build from minutes of the camera's normal footage"
+        )
+
+
+def _span_text(span_s: float | None) -> str:
+    return "footage span not known" if span_s is None else f"spanning {span_s:.1f} s of footage"
 
 
 
@@ -58,7 +70,7 @@ def show(path: str) -> None:
         fp = "yes" if src.fingerprint_state is not None else "no"
         console.print(
             f"  source [bold]{name}[/]: {src.n_frames} frames {src.frame_shape}, "
-            f"{len(src.properties)} properties, fingerprinter state: {fp}, {len(src.thumbnails)} thumbnails"
+            f"{len(src.properties)} properties, fingerprinter state: {fp}, {len(src.thumbnails)} thumbnails, {_span_text(src.span_s)}"
         )
 
 

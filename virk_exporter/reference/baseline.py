@@ -26,6 +26,10 @@ from virk_exporter.fingerprint import CaptureDetector, Fingerprinter
 
 N_THUMBNAILS = 6
 THUMBNAIL_WIDTH = 320
+# A reference spanning less footage than this is warned about: on real cameras, references of
+# 1-38 s flagged 6-43 % of the clean tests after them (benchmarks/reference_span.py); the clips
+# are too short to measure longer spans, so this is a floor, not a promise.
+SHORT_SPAN_S = 60.0
 
 
 @dataclasses.dataclass
@@ -37,6 +41,7 @@ class Baseline:
     thumbnails: list[np.ndarray]
     origin: str  # "file", "frames", "learned" or "stored"
     learned_at: float = 0.0  # unix seconds the reference was completed (0: not learned here)
+    span_s: float | None = None  # seconds of footage from its first sample to its last (None: not known)
 
     @property
     def properties(self) -> dict[str, np.ndarray]:
@@ -124,7 +129,8 @@ class Learner:
         series = {k: np.concatenate([p[k] for p in self.properties]) for k in names}
         frame_size = self.sizes.most_common(1)[0][0]  # an odd frame size must not define the view
         fingerprinter = Fingerprinter.from_samples(series, np.stack(self.smalls).astype(np.float32), frame_size, cast_cells=np.stack(self.cast_cells))
-        return Baseline(np.concatenate(self.embeddings), fingerprinter, self.thumbnails, "learned", learned_at=now)
+        span = None if self.started is None else now - self.started
+        return Baseline(np.concatenate(self.embeddings), fingerprinter, self.thumbnails, "learned", learned_at=now, span_s=span)
 
 
 def thumbnail(frame: np.ndarray) -> np.ndarray:

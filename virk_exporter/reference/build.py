@@ -6,7 +6,8 @@ File format, version 1 — a zip archive (readable with any zip tool and numpy):
     ``{"format": "virkref", "format_version": 1, "embedder": {"id": str, "dim": int},
     "created": ISO-8601 UTC, "virk_exporter": version,
     "sources": [{"name": str, "dir": "sources/<i>", "n_frames": int, "frame_shape": [H, W, 3],
-    "properties": [names], "fingerprint_state": [keys], "thumbnails": int}]}``
+    "properties": [names], "fingerprint_state": [keys], "thumbnails": int,
+    "span_s": seconds of footage from the first sample to the last, or null (not known)}]}``
 ``sources/<i>/embeddings.npy``
     float32 [n_frames, dim], in frame order.
 ``sources/<i>/properties.npz``
@@ -61,6 +62,7 @@ class SourceReference:
     fingerprint_state: dict[str, np.ndarray] | None = None
     thumbnails: list[np.ndarray] = field(default_factory=list)  # uint8 RGB, small
     frame_shape: tuple[int, ...] = ()
+    span_s: float | None = None  # seconds of footage the samples span (None: not known, e.g. images)
 
     @property
     def n_frames(self) -> int:
@@ -114,6 +116,7 @@ class Reference:
                         "properties": sorted(src.properties),
                         "fingerprint_state": None if src.fingerprint_state is None else sorted(src.fingerprint_state),
                         "thumbnails": len(src.thumbnails),
+                        "span_s": src.span_s,
                     }
                 )
             header = {
@@ -171,8 +174,16 @@ class Reference:
                     fingerprint_state=fp,
                     thumbnails=thumbs,
                     frame_shape=tuple(entry.get("frame_shape", ())),
+                    span_s=_span(entry.get("span_s")),
                 )
         return cls(embedder_id=found, sources=sources, created=header.get("created", ""))
+
+
+def _span(value: Any) -> float | None:
+    """A header's span: a finite number of seconds >= 0, else not known (older files have none)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+        return None
+    return float(value)
 
 
 # -- building --------------------------------------------------------------------------------
@@ -188,6 +199,7 @@ def build_reference(
     n_thumbnails: int = 6,
     total: int | None = None,
     seed: int = 0,
+    span_s: float | None = None,
 ) -> Reference:
     """Embed and summarise reference frames.
 
@@ -198,6 +210,8 @@ def build_reference(
     is fitted on a uniform random sample of at most ``fingerprint_frames`` frames per source (as
     many as a learned reference holds), kept in stream order (the capture test replays it block
     by block, as time passed) and of each frame only what the fingerprinter needs.
+    ``span_s``: the seconds of footage the frames span, recorded for every source (None: not
+    known); the worker warns when it is short (``baseline.SHORT_SPAN_S``).
     """
     if isinstance(frames_or_iterable, Mapping):
         if sources is not None:
@@ -210,7 +224,7 @@ def build_reference(
         labels = iter(sources) if sources is not None else None
         pairs = ((next(labels) if labels else DEFAULT_SOURCE, f) for f in _iter_single(frames_or_iterable))
         total = total or _total([frames_or_iterable])
-    return build_reference_pairs(pairs, embedder, progress, batch_size, fingerprint_frames, n_thumbnails, total, seed)
+    return build_reference_pairs(pairs, embedder, progress, batch_size, fingerprint_frames, n_thumbnails, total, seed, span_s)
 
 
 def source_batches(pairs: Iterable[tuple[str, np.ndarray]], batch_size: int = 64) -> Iterator[tuple[str, np.ndarray]]:
@@ -240,6 +254,7 @@ def build_reference_pairs(
     n_thumbnails: int = 6,
     total: int | None = None,
     seed: int = 0,
+    span_s: float | None = None,
 ) -> Reference:
     """:func:`build_reference` for a stream of ``(source, frame)`` pairs (what
     :func:`read_frames` yields)."""
@@ -253,7 +268,7 @@ def build_reference_pairs(
         raise ValueError("no reference frames")
     return Reference(
         embedder_id=embedder.id,
-        sources={name: b.finish(n_thumbnails) for name, b in builders.items()},
+        sources={name: b.finish(n_thumbnails, span_s) for name, b in builders.items()},
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
 
@@ -301,7 +316,7 @@ class _SourceBuilder:
                 self.sample[slot : slot + 1] = [kept]
             self.seen += 1
 
-    def finish(self, n_thumbnails: int) -> SourceReference:
+    def finish(self, n_thumbnails: int, span_s: float | None) -> SourceReference:
         # In stream order: a replaced slot holds a later frame, and blocks of slots in slot order
         # mix moments of the stream, which makes the capture test's null too light (vtest: 22 of
         # 90 clean tests flagged after such references, 8 in stream order; BENCHMARKS.md).
@@ -314,6 +329,7 @@ class _SourceBuilder:
             fingerprint_state=_fingerprint_state(sample, properties, self.frame_shape),
             thumbnails=[s.thumbnail for s in evenly_spaced(sample, n_thumbnails)],
             frame_shape=self.frame_shape,
+            span_s=span_s,
         )
 
 
@@ -377,6 +393,20 @@ def _total(collections: Iterable[Any]) -> int | None:
         return sum(len(c) for c in collections)
     except TypeError:
         return None
+
+
+def footage_span_s(path: str | os.PathLike[str]) -> float | None:
+    """Seconds from a video's first frame to its last, by its frame count and rate (None for a
+    directory of images, which carry no time, or a video that does not say)."""
+    p = Path(path)
+    if p.is_dir():
+        return None
+    cap = cv2.VideoCapture(str(p))
+    try:
+        n, fps = cap.get(cv2.CAP_PROP_FRAME_COUNT), cap.get(cv2.CAP_PROP_FPS)
+    finally:
+        cap.release()
+    return (n - 1) / fps if n >= 1 and fps > 0 else None
 
 
 def count_frames(path: str | os.PathLike[str]) -> int | None:

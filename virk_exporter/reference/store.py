@@ -43,6 +43,7 @@ def to_bytes(baselines: dict[str, Baseline], embedder_id: str) -> bytes:
             properties=b.properties,
             fingerprint_state=b.fingerprinter.state(),
             thumbnails=b.thumbnails,
+            span_s=b.span_s,
         )
         for name, b in baselines.items()
     }
@@ -63,7 +64,7 @@ def from_bytes(data: bytes, source: str, embedder_id: str) -> Baseline | None:
     fingerprinter = entry.fingerprinter()
     if fingerprinter is None:
         raise ValueError("stored reference has no fingerprinter state")
-    return Baseline(entry.embeddings, fingerprinter, list(entry.thumbnails), "stored")
+    return Baseline(entry.embeddings, fingerprinter, list(entry.thumbnails), "stored", span_s=entry.span_s)
 
 
 class ReferenceStore:

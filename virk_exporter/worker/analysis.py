@@ -27,7 +27,7 @@ from virk_exporter.drift.slices import TOP_K, SliceTracker
 from virk_exporter.embed.embedders import OutputsEmbedder
 from virk_exporter.fingerprint import CaptureDetector, CaptureResult
 from virk_exporter.fingerprint.properties import compute_samples
-from virk_exporter.reference.baseline import Baseline, Detectors, Learner, Sampler, sample_spacing
+from virk_exporter.reference.baseline import SHORT_SPAN_S, Baseline, Detectors, Learner, Sampler, sample_spacing
 from virk_exporter.worker.baselines import Baselines
 from virk_exporter.worker.publishing import Publisher
 from virk_exporter.worker.recorder import RecordedFrame
@@ -137,6 +137,7 @@ class SourceAnalysis:
         return {
             "phase": "learning" if self.detectors is None else "watching",
             "reference_origin": None if self.baseline is None else self.baseline.origin,
+            "reference_span_s": None if self.baseline is None else self.baseline.span_s,
             "reference_frames": self.samples,
             **latest,
             "detected": self.detected,
@@ -189,6 +190,13 @@ class Analysis:
     def _install(self, state: SourceAnalysis, baseline: Baseline) -> None:
         state.watch(baseline)
         self.publisher.reference(state.name, baseline)
+        if baseline.span_s is not None and baseline.span_s < SHORT_SPAN_S:
+            log.warning(
+                "source %r: its reference (%s) spans %.1f s of footage; on real cameras references under %.0f s flagged 6-43 %% "
+                "of clean tests (BENCHMARKS.md, reference_span): learn it over minutes (reference_period_s, default 900) "
+                "or build it from longer footage",
+                state.name, baseline.origin, baseline.span_s, SHORT_SPAN_S,
+            )
 
     def rebase(self, source: str | None = None) -> dict[str, Any]:
         """Forget a source's reference (every source's with None) and learn a new one."""

@@ -89,7 +89,7 @@ class Baselines:
         fingerprinter = entry.fingerprinter()
         if fingerprinter is None:
             raise ValueError(f"the reference's source {entry.name!r} has no fingerprinter state; rebuild it")
-        return Baseline(entry.embeddings, fingerprinter, list(entry.thumbnails), "file")
+        return Baseline(entry.embeddings, fingerprinter, list(entry.thumbnails), "file", span_s=entry.span_s)
 
     def _mismatch(self, name: str, known: list[str]) -> None:
         if name in self._mismatched:
