@@ -26,9 +26,10 @@ from virk_exporter.fingerprint import CaptureDetector, Fingerprinter
 
 N_THUMBNAILS = 6
 THUMBNAIL_WIDTH = 320
-# A reference spanning less footage than this is warned about: on real cameras, references of
-# 1-38 s flagged 6-43 % of the clean tests after them (benchmarks/reference_span.py); the clips
-# are too short to measure longer spans, so this is a floor, not a promise.
+# A reference spanning less footage than this is warned about: on the real fixed camera (vtest),
+# references of 3-38 s flagged 6-25 % of the clean tests after them, against p_val 1 %
+# (benchmarks/reference_span.py); the clips are too short to measure longer spans, so this is a
+# floor, not a promise.
 SHORT_SPAN_S = 60.0
 
 

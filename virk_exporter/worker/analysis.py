@@ -192,9 +192,9 @@ class Analysis:
         self.publisher.reference(state.name, baseline)
         if baseline.span_s is not None and baseline.span_s < SHORT_SPAN_S:
             log.warning(
-                "source %r: its reference (%s) spans %.1f s of footage; on real cameras references under %.0f s flagged 6-43 %% "
-                "of clean tests (BENCHMARKS.md, reference_span): learn it over minutes (reference_period_s, default 900) "
-                "or build it from longer footage",
+                "source %r: its reference (%s) spans %.1f s of footage, under %.0f s; on a real fixed camera references of "
+                "3-38 s flagged 6-25 %% of clean tests (BENCHMARKS.md, reference_span): learn it over minutes "
+                "(reference_period_s, default 900) or build it from longer footage",
                 state.name, baseline.origin, baseline.span_s, SHORT_SPAN_S,
             )
 
