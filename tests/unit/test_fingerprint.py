@@ -324,3 +324,32 @@ def test_the_newest_samples_of_a_window_get_their_own_calibrated_look():
     first = tests(np.concatenate([live[:8], corruptions.apply("defocus_blur", live[8:24], severity=3)]))[0]
     assert not first.drift and first.recent_drift
     assert CaptureDetector(detector.fingerprinter, 16, p_val=0.01, recent=16).recent is None  # no newer part to look at
+
+
+def test_replaying_the_capture_test_at_several_p_vals_flags_what_each_detector_flags():
+    """``replay_flags`` (calibrate) replays the reference and scores each window once for every
+    p_val; its flags are those of a detector built at each p_val and tested window by window."""
+    from virk_exporter.fingerprint import CaptureDetector
+    from virk_exporter.fingerprint.detector import replay_flags
+    from virk_exporter.fingerprint.properties import compute_samples
+
+    reference = photos.camera_stream(photos.load("coffee"), 128, size=(120, 160), seed=0)
+    props, smalls, cells = compute_samples(reference)
+    fingerprinter = Fingerprinter.from_samples(props, smalls, (120, 160), cast_cells=cells)
+    live = photos.camera_stream(photos.load("coffee"), 96, size=(120, 160), seed=1)
+    dimming = np.linspace(1.0, 0.75, 48)[:, None, None, None]
+    live[48:] = np.clip(live[48:] * dimming, 0, 255).astype(np.uint8)  # a slow fade: some p_vals flag it sooner
+    live[20:36] = corruptions.apply("defocus_blur", live[20:36], severity=2)
+    measured = fingerprinter.properties(live, previous=reference[-1])
+    p_vals = (0.001, 0.01, 0.05)
+    flags = replay_flags(fingerprinter, measured, 16, 8, p_vals)
+    assert set(flags) == set(p_vals)
+    seen = set()
+    for p_val in p_vals:
+        detector = CaptureDetector(fingerprinter, 16, p_val, recent=8)
+        assert detector.thresholds == CaptureDetector(fingerprinter, 16, 0.5, recent=8).at(p_val).thresholds
+        tests = [detector.test({k: v[s : s + 16] for k, v in measured.items()}) for s in range(0, 96 - 15, 8)]
+        drift, recent = flags[p_val]
+        assert list(drift) == [t.drift for t in tests] and list(recent) == [t.recent_drift for t in tests]
+        seen.add((int(drift.sum()), int(recent.sum())))
+    assert len(seen) > 1 and any(d for d, _ in seen) and any(r for _, r in seen)  # the p_vals differ, both flags occur

@@ -570,8 +570,7 @@ class Fingerprinter:
             ranked.append((cause, round(max(float(score), 0.0), 4)))
         ranked.sort(key=lambda cs: -cs[1])
         features = evidence_features(tests, dict(ranked), CAUSES)
-        bars = thresholds or {}
-        named = [c for c, score in ranked if score >= MIN_SCORE and score > bars.get(c, -np.inf)]
+        named = named_causes(ranked, thresholds or {})
         probabilities: dict[str, float] = {}
         if named:
             top = named[0]
@@ -603,4 +602,10 @@ class Fingerprinter:
         return Diagnosis(causes=ranked, top=top, evidence=evidence, subkind=subkind, notes=notes, probabilities=probabilities, features=features)
 
 
-__all__ = ["CAUSES", "VOCABULARY", "Diagnosis", "Evidence", "Fingerprinter", "PROPERTY_NAMES", "GEOMETRY_NAMES"]
+def named_causes(ranked: list[tuple[str, float]], bars: dict[str, float]) -> list[str]:
+    """The causes of ``ranked`` (cause, score) pairs that may be named: at least ``MIN_SCORE``
+    and above their bar (a calibrated cause's; none for the others), in ``ranked``'s order."""
+    return [c for c, score in ranked if score >= MIN_SCORE and score > bars.get(c, -np.inf)]
+
+
+__all__ = ["CAUSES", "VOCABULARY", "Diagnosis", "Evidence", "Fingerprinter", "PROPERTY_NAMES", "GEOMETRY_NAMES", "named_causes"]

@@ -21,13 +21,14 @@ first fully faulty test.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from virk_exporter.drift.null import EmpiricalNull, block_starts, leave_out_bounds
-from virk_exporter.fingerprint.causes import CAUSES, MIN_SCORE, Diagnosis, Fingerprinter, finite_values
+from virk_exporter.fingerprint.causes import CAUSES, MIN_SCORE, Diagnosis, Fingerprinter, finite_values, named_causes
 
 NULL_MIN_SCALE = 0.4  # cause scores are log1p effect sizes: a tail scale below this over-trusts a quiet reference
 
@@ -59,6 +60,14 @@ class CaptureDetector:
         self.recent_nulls = _cause_nulls(fingerprinter, self.recent) if self.recent and self.nulls else {}
         self.recent_thresholds = self._bars(self.recent_nulls)
 
+    def at(self, p_val: float) -> "CaptureDetector":
+        """This detector at another ``p_val``: the same nulls (the reference is replayed once),
+        bars set anew."""
+        other = copy.copy(self)
+        other.p_val = float(p_val)
+        other.thresholds, other.recent_thresholds = other._bars(other.nulls), other._bars(other.recent_nulls)
+        return other
+
     def _bars(self, nulls: dict[str, EmpiricalNull]) -> dict[str, float]:
         per_cause = self.p_val / len(CAUSES)
         return {c: max(MIN_SCORE, null.threshold(per_cause)) for c, null in nulls.items()}
@@ -81,11 +90,16 @@ class CaptureDetector:
 
     def _recent_drift(self, properties: dict[str, np.ndarray]) -> bool:
         """The newest ``recent`` samples alone clear some cause's bar (rules only: no naming)."""
+        newest = self.recent_scores(properties)
+        return newest is not None and bool(named_causes(newest, self.recent_thresholds))
+
+    def recent_scores(self, properties: dict[str, np.ndarray]) -> list[tuple[str, float]] | None:
+        """The rules' (cause, score) pairs of the window's newest ``recent`` samples alone; None
+        when this detector has no such look or the window is not full."""
         if not self.recent_thresholds or min((len(v) for v in properties.values()), default=0) < self.window:
-            return False
+            return None
         newest = {k: v[-self.recent :] for k, v in properties.items()}
-        diagnosis = self.fingerprinter.diagnose(properties=newest, thresholds=self.recent_thresholds, by_rules=True)
-        return diagnosis.top in CAUSES
+        return self.fingerprinter.diagnose(properties=newest, by_rules=True).causes
 
 
 def _cause_nulls(fingerprinter: Fingerprinter, window: int) -> dict[str, EmpiricalNull]:
@@ -122,14 +136,20 @@ def replay_flags(
 ) -> dict[float, tuple[np.ndarray, np.ndarray]]:
     """The worker's capture test over held-out frames' ``properties`` (stream order, measured
     against ``fingerprinter``'s reference view), one test per ``test_every`` samples: per
-    ``p_val``, each test's drift and newest-samples flags (for ``drift.calibration``)."""
+    ``p_val``, each test's drift and newest-samples flags (for ``drift.calibration``). A flag
+    depends on ``p_val`` only through the bars, so the reference is replayed and each window
+    scored once; the flags are :meth:`CaptureDetector.test`'s."""
     n = min((len(v) for v in properties.values()), default=0)
-    starts = range(0, n - window + 1, test_every)
-    out = {}
-    for p_val in p_vals:
-        detector = CaptureDetector(fingerprinter, window, p_val, recent=test_every)
-        results = [detector.test({k: v[s : s + window] for k, v in properties.items()}) for s in starts]
-        out[p_val] = (np.array([r.drift for r in results], bool), np.array([r.recent_drift for r in results], bool))
+    detectors = [CaptureDetector(fingerprinter, window, p_vals[0], recent=test_every)] if p_vals else []
+    detectors += [detectors[0].at(p) for p in p_vals[1:]]
+    flags = np.zeros((len(p_vals), 2, len(range(0, n - window + 1, test_every))), bool)
+    for i, start in enumerate(range(0, n - window + 1, test_every)):
+        current = {k: v[start : start + window] for k, v in properties.items()}
+        scores = fingerprinter.diagnose(properties=current, by_rules=True).causes
+        newest = detectors[0].recent_scores(current) if detectors else None
+        for j, detector in enumerate(detectors):
+            drift = bool(named_causes(scores, detector.thresholds))
+            flags[j, :, i] = drift, not drift and newest is not None and bool(named_causes(newest, detector.recent_thresholds))
         if progress:
-            progress(len(results))
-    return out
+            progress(len(detectors))
+    return {p: (flags[j, 0], flags[j, 1]) for j, p in enumerate(p_vals)}
