@@ -700,23 +700,31 @@ def _rotate(frames: np.ndarray, severity: int, seed: int) -> np.ndarray:
     return _warp_each(frames, cv2.getRotationMatrix2D((w / 2.0, h / 2.0), degrees, 1.0).astype(np.float32))
 
 
+OCCLUDER_EDGE = 0.02  # blur of an occluder's edge, as a share of the width: on the lens, far out of focus
+
+
 def _occlude(frames: np.ndarray, severity: int, seed: int) -> np.ndarray:
-    """A dark, textured object (a leaf, a sticker) stuck in front of the lens: an ellipse of
-    3-30 % of the view at a random place, the same in every frame."""
+    """A dark object (a leaf, a sticker) stuck on or just in front of the lens: an ellipse of
+    3-30 % of the view at a random place, the same in every frame. It lies far outside the
+    depth of field, so its edge is blurred and its shading smooth; the sensor's noise is on it
+    as on the rest of the view (per frame)."""
     rng = np.random.default_rng(seed)
-    h, w = frames.shape[1:3]
+    n, h, w = frames.shape[:3]
     area = (0.03, 0.06, 0.10, 0.20, 0.30)[severity - 1] * h * w
     aspect = rng.uniform(0.6, 1.6)
     a = np.sqrt(area * aspect / np.pi)  # semi-axes with pi * a * b = area
     b = area / (np.pi * a)
     cx, cy = rng.uniform(a * 0.5, w - a * 0.5), rng.uniform(b * 0.5, h - b * 0.5)
-    mask = np.zeros((h, w), np.uint8)
-    cv2.ellipse(mask, (int(cx), int(cy)), (max(1, int(a)), max(1, int(b))), float(rng.uniform(0, 180)), 0, 360, 255, -1)
-    texture = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), max(1.0, w / 160))
+    mask = np.zeros((h, w), np.float32)
+    cv2.ellipse(mask, (int(cx), int(cy)), (max(1, int(a)), max(1, int(b))), float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
+    alpha = cv2.GaussianBlur(mask, (0, 0), max(1.0, OCCLUDER_EDGE * w))[..., None]
+    shading = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), max(1.0, w / 16))
     colour = rng.uniform(15, 60, 3)
-    patch = np.clip(colour[None, None, :] * (1.0 + 0.4 * texture[..., None] / (texture.std() + 1e-6)), 0, 255).astype(np.uint8)
-    out = frames.copy()
-    out[:, mask > 0] = patch[mask > 0]
+    patch = colour[None, None, :] * (1.0 + 0.4 * shading[..., None] / (shading.std() + 1e-6))
+    out = np.empty_like(frames)
+    for i in range(n):
+        noise = rng.normal(0.0, photos.SENSOR_NOISE_SIGMA, (h, w, 1))
+        out[i] = np.clip(frames[i] * (1.0 - alpha) + (patch + noise) * alpha + 0.5, 0, 255).astype(np.uint8)
     return out
 
 

@@ -10,7 +10,7 @@ from virk_exporter.demo import corruptions
 
 from virk_exporter.demo import photos
 from virk_exporter.fingerprint import VOCABULARY, Fingerprinter, compute_properties
-from virk_exporter.fingerprint.causes import MIN_CAST, MIN_SCORE
+from virk_exporter.fingerprint.causes import FOCUS_LOSS, MIN_CAST, MIN_SCORE
 
 N = 24  # frames per test window: enough for the KS tests, fast enough for CI
 
@@ -353,3 +353,27 @@ def test_replaying_the_capture_test_at_several_p_vals_flags_what_each_detector_f
         assert list(drift) == [t.drift for t in tests] and list(recent) == [t.recent_drift for t in tests]
         seen.add((int(drift.sum()), int(recent.sum())))
     assert len(seen) > 1 and any(d for d, _ in seen) and any(r for _, r in seen)  # the p_vals differ, both flags occur
+
+
+def test_an_object_that_enters_in_focus_is_not_an_occluder(fp, window):
+    """A part of another photograph, dimmed to 60 % of the region it covers, stands in the view
+    (a person, a parked car): the region darkens as under an occluder, but stays as sharp as the
+    scene (``local_focus``) and shows other structure than the reference there (``local_same``),
+    so occlusion scores nothing; a shadow on the same region keeps the structure and scores as
+    before. A reference saved before these measurements still reads the object as occlusion, as
+    every reference did."""
+    mask = np.zeros(window.shape[1:3], np.float32)
+    cv2.ellipse(mask, (420, 260), (60, 150), 0.0, 0, 360, 1.0, -1)
+    covered = mask > 0
+    alpha = cv2.GaussianBlur(mask, (0, 0), 2.0)[..., None]
+    thing = photos.fit(photos.load("coffee"), window.shape[1:3]).astype(np.float32)
+    thing *= 0.6 * window[:, covered].mean() / thing[covered].mean()
+    entered = np.clip(window * (1 - alpha) + thing[None] * alpha, 0, 255).astype(np.uint8)
+    assert fp.diagnose(entered).scores["occlusion"] == 0.0
+    shade = np.zeros(window.shape[1:3], np.float32)
+    cv2.ellipse(shade, (320, 300), (60, 150), 0.0, 0, 360, 1.0, -1)  # over textured ground: the shadow is in focus too
+    shadowed = np.clip(window * (1 - 0.5 * cv2.GaussianBlur(shade, (0, 0), 2.0)[..., None]), 0, 255).astype(np.uint8)
+    assert np.median(fp.properties(shadowed)["local_focus"]) >= -FOCUS_LOSS
+    assert fp.diagnose(shadowed).scores["occlusion"] > MIN_SCORE
+    state = {k: v for k, v in fp.state().items() if not k.endswith(("/local_focus", "/local_same", "/cell_texture"))}
+    assert Fingerprinter.from_state(state).diagnose(entered).top == "occlusion"

@@ -194,3 +194,44 @@ def test_colour_cast_follows_a_white_balance_gain_not_a_red_coat_an_occluder_or_
     assert np.abs(cast(foggy) - cast(scene)).max() < MIN_CAST / 2
     warm = np.clip(scene.astype(np.float32) * (1.0, 1.0, 0.9), 0, 255).astype(np.uint8)
     assert cast(warm)[1] - cast(scene)[1] == pytest.approx(np.log(0.9), abs=0.02)
+
+
+def _dark_ellipse(size: tuple[int, int]) -> np.ndarray:
+    """A mask of an upright ellipse covering ~10 % of the view, right of the centre."""
+    h, w = size
+    mask = np.zeros(size, np.float32)
+    cv2.ellipse(mask, (int(0.66 * w), int(0.55 * h)), (int(0.1 * w), int(0.3 * h)), 0.0, 0, 360, 1.0, -1)
+    return mask
+
+
+@pytest.mark.parametrize("size", [(144, 176), (480, 640), (720, 1280)])
+def test_local_focus_and_structure_tell_a_lens_occluder_an_object_in_the_scene_and_a_shadow(size):
+    """An occluder on the lens is far out of focus (a blurred edge, smooth shading, the sensor's
+    noise on it); an object that enters the scene (dimmed to 60 % of the region it covers, as a
+    person in a doorway) is as sharp as the scene. The darkest cell's fine texture tells them
+    apart at every size, though both darken a region by far more than the occlusion bar; a
+    shadow is in focus too, but keeps the structure that was there (``local_same``), which the
+    object replaces. A reference saved without cell texture has no focus measurement (NaN), not
+    a wrong one."""
+    from virk_exporter.demo import corruptions
+    from virk_exporter.fingerprint.causes import FOCUS_LOSS, MIN_LOCAL_LEVELS, SAME_STRUCTURE
+
+    ref = photos.camera_stream("astronaut", 16, size=size, seed=0)
+    _, smalls, _ = compute_samples(ref)
+    view = ReferenceView.from_smalls(smalls, size)
+    window = photos.camera_stream("astronaut", 4, size=size, seed=1)
+    occluded = corruptions.apply("occlusion", window, 4, seed=3)
+    mask = cv2.GaussianBlur(_dark_ellipse(size), (0, 0), max(1.0, size[1] / 320))[..., None]
+    thing = photos.fit(photos.load("coffee"), size).astype(np.float32)
+    covered = mask[..., 0] > 0.5
+    thing *= 0.6 * window[:, covered].mean() / thing[covered].mean()
+    entered = np.clip(window * (1 - mask) + thing[None] * mask, 0, 255).astype(np.uint8)
+    shadowed = np.clip(window * (1 - 0.5 * mask), 0, 255).astype(np.uint8)
+    for frames, in_focus, same in ((occluded, False, False), (entered, True, False), (shadowed, None, True)):
+        p = compute_properties(frames, reference=view)
+        assert np.all(p["local_dark"] > MIN_LOCAL_LEVELS)
+        if in_focus is not None:  # a shadow over fine texture near the noise floor reads smoother: either way it is not an object
+            assert (np.median(p["local_focus"]) >= -FOCUS_LOSS) == in_focus, (in_focus, p["local_focus"])
+        assert (np.median(p["local_same"]) >= SAME_STRUCTURE) == same, (same, p["local_same"])
+    old = ReferenceView.from_state({k: v for k, v in view.state().items() if k != "cell_texture"})
+    assert old.cell_texture is None and np.all(np.isnan(compute_properties(entered, reference=old)["local_focus"]))

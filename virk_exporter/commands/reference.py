@@ -45,7 +45,7 @@ def build(frames_path: str, out: str, every: int, seed: int, device: str | None,
     if span is not None and span < SHORT_SPAN_S:
         console.print(
             f"[yellow]warning:[/] the video spans {span:.1f} s, under {SHORT_SPAN_S:.0f} s; on a real fixed camera references "
-            "of 3-38 s flagged 6-25 % of clean tests (BENCHMARKS.md): build from minutes of the camera's normal footage"
+            "of 3-26 s flagged 8-25 % of clean tests (BENCHMARKS.md): build from minutes of the camera's normal footage"
         )
 
 

@@ -254,8 +254,13 @@ def rotation(frames: np.ndarray, degrees: float, rng: np.random.Generator) -> np
     return _warp(frames, cv2.getRotationMatrix2D((w / 2, h / 2), float(degrees * rng.choice([-1, 1])), 1.0))
 
 
+OCCLUDER_EDGE_PX = 12.0  # blur of an occluder's edge at 640 px wide: on the lens, it is far out of focus
+OCCLUDER_NOISE = 2.0  # gray levels of sensor noise over the occluder (the sensor still sees it)
+
+
 def occlusion(frames: np.ndarray, area: float, rng: np.random.Generator) -> np.ndarray:
-    # Something in front of the lens (dirt, a leaf, a bag): a dark, soft-edged, fixed blob.
+    # Something on or just in front of the lens (dirt, a leaf, a bag): a dark, fixed blob, out
+    # of focus (blurred edge, smooth shading), under the sensor's own noise.
     h, w = frames.shape[1:3]
     aspect = rng.uniform(0.6, 1.6)
     ry = np.sqrt(area * h * w / np.pi / aspect)
@@ -263,11 +268,16 @@ def occlusion(frames: np.ndarray, area: float, rng: np.random.Generator) -> np.n
     cy, cx = rng.uniform(ry, h - ry) if h > 2 * ry else h / 2, rng.uniform(rx, w - rx) if w > 2 * rx else w / 2
     y, x = np.ogrid[:h, :w]
     inside = (((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1).astype(np.float32)
-    alpha = cv2.GaussianBlur(inside, (0, 0), max(1.0, 3 * _scale(frames)))[..., None]
+    alpha = cv2.GaussianBlur(inside, (0, 0), max(1.0, OCCLUDER_EDGE_PX * _scale(frames)))[..., None]
     colour = rng.uniform(10, 90, size=3).astype(np.float32)
     texture = (12 * (_smooth_field((h, w), rng, cells=12) - 0.5))[..., None]
     blob = colour + texture
-    return _per_frame(frames, lambda f: _to_u8(f * (1 - alpha) + blob * alpha))
+
+    def op(f: np.ndarray) -> np.ndarray:
+        noise = rng.normal(0.0, OCCLUDER_NOISE, size=(h, w, 1)).astype(np.float32)  # new on every frame
+        return _to_u8(f * (1 - alpha) + (blob + noise) * alpha)
+
+    return _per_frame(frames, op)
 
 
 def frozen(frames: np.ndarray, hold: float, rng: np.random.Generator) -> np.ndarray:

@@ -65,6 +65,8 @@ MIN_SHIFT = 0.008  # camera translation, as a share of the frame width
 MIN_ROTATION = 0.4  # degrees (the quadrant fit reads a 0.75 deg turn as ~0.5-0.6)
 MIN_LOCAL_LEVELS = 25.0  # gray levels a grid cell must move beyond the global gain/offset fit
 FLAT_LOSS = 0.9  # log texture a region loses under an occluder, relative to the median cell (0.9: to 40 %)
+FOCUS_LOSS = 0.1  # log fine texture a darkened region loses when an occluder (out of focus) covers it
+SAME_STRUCTURE = 0.5  # correlation with the reference's pixels a region keeps when a shadow dims it
 MIN_BRIGHTNESS_LEVELS = 8.0  # change of mean gray level for an exposure change
 MIN_CAST = 0.04  # change of log channel ratio of edge strength (about a 4% white-balance gain)
 MIN_SATURATION_LEVELS = 8.0  # rise of mean HSV saturation (0..255) for an over-saturated colour
@@ -237,6 +239,16 @@ def _glare(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[s
     return e.s("local_bright") + 2.0, f"bright region +{local:.0f} levels", ("local_bright", "highlights", "brightness")
 
 
+def _entered(e: _Effects) -> bool:
+    """Something entered the scene where a region darkened (a person standing, a parked car):
+    the region is as sharp as the scene around it (``local_focus``), which an occluder on or near
+    the lens, far outside the depth of field, is not, and it shows other structure than the
+    reference did there (``local_same``), which a shadow, dimming what was there, does not.
+    False without the measurements (a reference saved before them)."""
+    focus, same = e.tests.get("local_focus"), e.tests.get("local_same")
+    return focus is not None and same is not None and bool(focus.current >= -FOCUS_LOSS and same.current < SAME_STRUCTURE)
+
+
 def _occlusion(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:
     local = e.d("local_dark")
     # On a view that no longer matches, moving content also darkens regions (a head turning):
@@ -244,9 +256,11 @@ def _occlusion(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tup
     decisive = local >= 2 * MIN_LOCAL_LEVELS and e.d("local_flat") >= FLAT_LOSS
     if not (decisive or _same_view(e)) or local < max(MIN_LOCAL_LEVELS, 1.5 * abs(e.d("brightness")), e.d("local_bright")) or not _steady(cur, "local_dark"):
         return 0.0, "", ()
+    if _entered(e):
+        return 0.0, "", ()
     # A global blur also leaves local residuals (zoom blur smears the periphery): discount.
     score = max(e.s("local_dark"), e.s("local_flat")) - e.s("sharpness", -1) + 1.0
-    return score, f"region darker by {local:.0f} levels", ("local_dark", "local_flat")
+    return score, f"region darker by {local:.0f} levels", ("local_dark", "local_flat", "local_focus", "local_same")
 
 
 def _compression(e: _Effects, cur: dict[str, np.ndarray]) -> tuple[float, str, tuple[str, ...]]:

@@ -11,6 +11,10 @@ Both work on the 160x120 gray views from ``properties.py``.
   any global exposure or contrast change); a cell that stays far from the fit after that, or
   that lost its texture while the others did not, is a region that stopped looking like the
   reference.
+* Focus and structure of the darkest cell: an occluder on or near the lens lies far outside the
+  depth of field, so it is smooth; an object that enters the scene (a person, a parked car) is as
+  sharp as the scene (``local_focus``) and replaces the structure that was there, which a shadow
+  dims but keeps (``local_same``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from virk_exporter.fingerprint.view import SMALL
 
 LOWPASS_SIGMA = 0.12  # cycles/pixel: phase correlation trusts the frequencies blur keeps
 GRID = (6, 8)  # cells (rows, cols) on the 120x160 view: 20x20 pixels each
+DETAIL_FLOOR = 0.5  # mean |Laplacian| (gray levels) added so a flat cell's log detail stays finite
+DETAIL_LEVEL = 8.0  # gray levels added to a cell's mean so a black cell's relative detail stays finite
 
 GEOMETRY_NAMES: tuple[str, ...] = (
     "shift_px",  # translation magnitude, in reference-frame pixels
@@ -35,6 +41,8 @@ GEOMETRY_NAMES: tuple[str, ...] = (
     "local_bright",  # largest cell brightening left after a global gain/offset fit (gray levels)
     "local_dark",  # largest cell darkening left after that fit
     "local_flat",  # largest cell loss of texture, log std, relative to the median cell's change
+    "local_focus",  # the darkest cell's fine texture against the reference's (log; below 0: smoother)
+    "local_same",  # correlation of the darkest cell's pixels with the reference view's (1: the same structure, dimmed)
     "layout",  # correlation of the cells' means with the reference's (1 = the same scene's layout)
 )
 
@@ -48,6 +56,7 @@ class ReferenceView:
     cell_std: np.ndarray  # (6, 8) median over reference frames of cell stds
     frame_size: np.ndarray  # (2,) reference frame (height, width)
     cast: CastReference | None = None  # the colour cast's cells (None: a reference saved without them)
+    cell_texture: np.ndarray | None = None  # (6, 8) median over reference frames of cell fine texture (None: saved without it)
 
     @classmethod
     def from_smalls(cls, smalls: np.ndarray, frame_size: tuple[int, int], cast_cells: np.ndarray | None = None) -> "ReferenceView":
@@ -59,10 +68,13 @@ class ReferenceView:
             cell_std=np.median(stds, axis=0),
             frame_size=np.asarray(frame_size, dtype=np.int64),
             cast=None if cast_cells is None else CastReference.from_strengths(cast_cells),
+            cell_texture=np.median(_cell_texture(smalls)[0], axis=0),
         )
 
     def state(self) -> dict[str, np.ndarray]:
         out = {"view": self.view, "cell_mean": self.cell_mean, "cell_std": self.cell_std, "frame_size": self.frame_size}
+        if self.cell_texture is not None:
+            out["cell_texture"] = self.cell_texture
         return out | (self.cast.state() if self.cast is not None else {})
 
     @classmethod
@@ -73,6 +85,7 @@ class ReferenceView:
             cell_std=np.asarray(state["cell_std"], np.float64),
             frame_size=np.asarray(state["frame_size"], np.int64),
             cast=CastReference.from_state(state),
+            cell_texture=np.asarray(state["cell_texture"], np.float64) if "cell_texture" in state else None,
         )
 
 
@@ -84,6 +97,25 @@ def _cells(smalls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean = blocks.mean(axis=(2, 4), dtype=np.float64)
     std = np.sqrt(np.maximum(np.square(blocks).mean(axis=(2, 4), dtype=np.float64) - mean**2, 0.0))
     return mean, std
+
+
+def _cell_texture(smalls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell fine texture (N, 6, 8) of views as captured, the mean absolute Laplacian, and the
+    cells' means. Not on the aligned views: a sub-pixel warp is a low-pass filter."""
+    views = np.asarray(smalls, np.float32)
+    padded = np.pad(views, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    laplacian = np.abs(4 * views - padded[:, :-2, 1:-1] - padded[:, 2:, 1:-1] - padded[:, 1:-1, :-2] - padded[:, 1:-1, 2:])
+    means, _ = _cells(views)
+    n, (gh, gw) = len(views), GRID
+    return laplacian.reshape(n, gh, SMALL[1] // gh, gw, SMALL[0] // gw).mean(axis=(2, 4), dtype=np.float64), means
+
+
+def _detail(texture: np.ndarray, means: np.ndarray, floor: float) -> np.ndarray:
+    """Log fine texture above the sensor's noise (``floor``: the reference's flattest cell, which
+    shows noise and little else) relative to the cell's level, so that a dimmer region with the
+    same texture keeps its detail, as a global gain keeps every cell's; offsets keep flat and
+    black cells finite."""
+    return np.log((np.maximum(texture - floor, 0.0) + DETAIL_FLOOR) / (means + DETAIL_LEVEL))
 
 
 # Phase correlation on 80x60 quadrants of the 160x120 view. (Halving once more is 4x cheaper
@@ -162,8 +194,41 @@ def compute_geometry(smalls: np.ndarray, reference: ReferenceView) -> dict[str, 
         "local_bright": residual.max(axis=1),
         "local_dark": (-residual).max(axis=1),
         "local_flat": (-log_std).max(axis=1),
+        "local_focus": _darkest_cell_focus(smalls, residual, reference),
+        "local_same": _darkest_cell_correlation(aligned, residual, reference.view),
         "layout": layout,
     }
+
+
+def _darkest_cell_focus(smalls: np.ndarray, residual: np.ndarray, reference: ReferenceView) -> np.ndarray:
+    """The fine texture of each view's darkest cell (after the gain/offset fit) against the
+    larger of the reference's same cell and its median cell: a smooth occluder over a textureless
+    wall is still smoother than the scene. NaN against a reference saved without cell texture."""
+    n = len(smalls)
+    if reference.cell_texture is None:
+        return np.full(n, np.nan)
+    floor = float(reference.cell_texture.min())
+    darkest = residual.argmin(axis=1)
+    texture, means = _cell_texture(smalls)
+    rows = np.arange(n)
+    detail = _detail(texture.reshape(n, -1)[rows, darkest], means.reshape(n, -1)[rows, darkest], floor)
+    ref = _detail(reference.cell_texture, reference.cell_mean, floor).ravel()
+    return detail - np.maximum(ref[darkest], np.median(ref))
+
+
+def _darkest_cell_correlation(aligned: np.ndarray, residual: np.ndarray, view: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each aligned view's darkest cell with the same cell of the
+    reference view: a shadow dims the structure that was there (high), an object or an occluder
+    replaces it (low)."""
+    n, (gh, gw) = len(aligned), GRID
+    ch, cw = SMALL[1] // gh, SMALL[0] // gw
+    row, col = np.divmod(residual.argmin(axis=1), gw)
+    ys = row[:, None] * ch + np.arange(ch)[None]  # (N, ch)
+    xs = col[:, None] * cw + np.arange(cw)[None]  # (N, cw)
+    cur = aligned[np.arange(n)[:, None, None], ys[:, :, None], xs[:, None, :]].reshape(n, -1)
+    ref = view[ys[:, :, None], xs[:, None, :]].reshape(n, -1)
+    c, r = cur - cur.mean(axis=1, keepdims=True), ref - ref.mean(axis=1, keepdims=True)
+    return (c * r).sum(axis=1) / (np.sqrt((c**2).sum(axis=1) * (r**2).sum(axis=1)) + 1e-9)
 
 
 def _correlation(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:

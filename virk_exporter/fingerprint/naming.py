@@ -28,8 +28,11 @@ from virk_exporter.drift.ks import PropertyTest
 from virk_exporter.fingerprint.geometry import GEOMETRY_NAMES
 from virk_exporter.fingerprint.properties import PROPERTY_NAMES
 
-# "layout" is the scene gate of causes.py (is this still the reference's scene?), not evidence of which cause.
-MEASURED: tuple[str, ...] = PROPERTY_NAMES + tuple(n for n in GEOMETRY_NAMES if n != "layout")
+# Gates of causes.py, not evidence of which cause: "layout" (is this still the reference's
+# scene?), "local_focus" and "local_same" (is a darkened region an occluder, a shadow or
+# something that entered the scene?).
+GATES = ("layout", "local_focus", "local_same")
+MEASURED: tuple[str, ...] = PROPERTY_NAMES + tuple(n for n in GEOMETRY_NAMES if n not in GATES)
 MODEL_FILE = "cause_model.json"
 KINDS = ("effect", "ks", "relative")
 

@@ -27,7 +27,7 @@ from virk_exporter.fingerprint import CaptureDetector, Fingerprinter
 N_THUMBNAILS = 6
 THUMBNAIL_WIDTH = 320
 # A reference spanning less footage than this is warned about: on the real fixed camera (vtest),
-# references of 3-38 s flagged 6-25 % of the clean tests after them, against p_val 1 %
+# references of 3-26 s flagged 8-25 % of the clean tests after them (one sampling of it: 0 % at 26-38 s), against p_val 1 %
 # (benchmarks/reference_span.py); the clips are too short to measure longer spans, so this is a
 # floor, not a promise.
 SHORT_SPAN_S = 60.0

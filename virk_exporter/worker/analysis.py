@@ -193,7 +193,7 @@ class Analysis:
         if baseline.span_s is not None and baseline.span_s < SHORT_SPAN_S:
             log.warning(
                 "source %r: its reference (%s) spans %.1f s of footage, under %.0f s; on a real fixed camera references of "
-                "3-38 s flagged 6-25 %% of clean tests (BENCHMARKS.md, reference_span): learn it over minutes "
+                "3-26 s flagged 8-25 %% of clean tests (BENCHMARKS.md, reference_span): learn it over minutes "
                 "(reference_period_s, default 900) or build it from longer footage",
                 state.name, baseline.origin, baseline.span_s, SHORT_SPAN_S,
             )
