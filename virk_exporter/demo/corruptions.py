@@ -19,6 +19,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from virk_exporter.demo.photos import SENSOR_NOISE_SIGMA
+
 SEVERITIES = (1, 2, 3, 4, 5)
 
 Fn = Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
@@ -255,7 +257,6 @@ def rotation(frames: np.ndarray, degrees: float, rng: np.random.Generator) -> np
 
 
 OCCLUDER_EDGE_PX = 12.0  # blur of an occluder's edge at 640 px wide: on the lens, it is far out of focus
-OCCLUDER_NOISE = 2.0  # gray levels of sensor noise over the occluder (the sensor still sees it)
 
 
 def occlusion(frames: np.ndarray, area: float, rng: np.random.Generator) -> np.ndarray:
@@ -274,7 +275,7 @@ def occlusion(frames: np.ndarray, area: float, rng: np.random.Generator) -> np.n
     blob = colour + texture
 
     def op(f: np.ndarray) -> np.ndarray:
-        noise = rng.normal(0.0, OCCLUDER_NOISE, size=(h, w, 1)).astype(np.float32)  # new on every frame
+        noise = rng.normal(0.0, SENSOR_NOISE_SIGMA, size=(h, w, 1)).astype(np.float32)  # the sensor still sees it
         return _to_u8(f * (1 - alpha) + (blob + noise) * alpha)
 
     return _per_frame(frames, op)

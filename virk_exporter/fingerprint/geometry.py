@@ -186,6 +186,7 @@ def compute_geometry(smalls: np.ndarray, reference: ReferenceView) -> dict[str, 
     layout = _correlation(reference.cell_mean.ravel(), means.reshape(n, -1))
     log_std = np.log((stds.reshape(n, -1) + 2.0) / (reference.cell_std.ravel() + 2.0))
     log_std -= np.median(log_std, axis=1, keepdims=True)
+    darkest = residual.argmin(axis=1)  # the cell local_dark reports, per view
     return {
         "shift_px": np.hypot(t[:, 0], t[:, 1]) * scale,
         "rotation": np.degrees(rot),
@@ -194,21 +195,20 @@ def compute_geometry(smalls: np.ndarray, reference: ReferenceView) -> dict[str, 
         "local_bright": residual.max(axis=1),
         "local_dark": (-residual).max(axis=1),
         "local_flat": (-log_std).max(axis=1),
-        "local_focus": _darkest_cell_focus(smalls, residual, reference),
-        "local_same": _darkest_cell_correlation(aligned, residual, reference.view),
+        "local_focus": _cell_focus(smalls, darkest, reference),
+        "local_same": _cell_correlation(aligned, darkest, reference.view),
         "layout": layout,
     }
 
 
-def _darkest_cell_focus(smalls: np.ndarray, residual: np.ndarray, reference: ReferenceView) -> np.ndarray:
-    """The fine texture of each view's darkest cell (after the gain/offset fit) against the
+def _cell_focus(smalls: np.ndarray, darkest: np.ndarray, reference: ReferenceView) -> np.ndarray:
+    """The fine texture of each view's ``darkest`` cell (after the gain/offset fit) against the
     larger of the reference's same cell and its median cell: a smooth occluder over a textureless
     wall is still smoother than the scene. NaN against a reference saved without cell texture."""
     n = len(smalls)
     if reference.cell_texture is None:
         return np.full(n, np.nan)
     floor = float(reference.cell_texture.min())
-    darkest = residual.argmin(axis=1)
     texture, means = _cell_texture(smalls)
     rows = np.arange(n)
     detail = _detail(texture.reshape(n, -1)[rows, darkest], means.reshape(n, -1)[rows, darkest], floor)
@@ -216,13 +216,13 @@ def _darkest_cell_focus(smalls: np.ndarray, residual: np.ndarray, reference: Ref
     return detail - np.maximum(ref[darkest], np.median(ref))
 
 
-def _darkest_cell_correlation(aligned: np.ndarray, residual: np.ndarray, view: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each aligned view's darkest cell with the same cell of the
+def _cell_correlation(aligned: np.ndarray, darkest: np.ndarray, view: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each aligned view's ``darkest`` cell with the same cell of the
     reference view: a shadow dims the structure that was there (high), an object or an occluder
     replaces it (low)."""
     n, (gh, gw) = len(aligned), GRID
     ch, cw = SMALL[1] // gh, SMALL[0] // gw
-    row, col = np.divmod(residual.argmin(axis=1), gw)
+    row, col = np.divmod(darkest, gw)
     ys = row[:, None] * ch + np.arange(ch)[None]  # (N, ch)
     xs = col[:, None] * cw + np.arange(cw)[None]  # (N, cw)
     cur = aligned[np.arange(n)[:, None, None], ys[:, :, None], xs[:, None, :]].reshape(n, -1)
